@@ -1,0 +1,123 @@
+"""The agent: one root TaskGroup owning the outbox writer, the uplink, one coordinator per
+bus and the health reporter. Cancelling ``Agent.run`` (SIGTERM) stops everything and
+leaves the outbox consistent: queued records are flushed, nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import urbanedge
+from agent.buffer.async_store import AsyncOutbox
+from agent.buffer.records import event
+from agent.buffer.writer import OutboxWriter
+from agent.config import LoadedConfig
+from agent.poll.coordinator import BusCoordinator
+from agent.uplink.forwarder import Forwarder, UplinkSettings
+from agent.uplink.tls import context_from_settings
+from agent.uplink.topics import Topics
+from drivers.profiles import Profile
+
+log = logging.getLogger("urbanedge.agent")
+
+HEALTH_PERIOD = 5.0
+
+
+class Agent:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded
+        self.cfg = loaded.config
+        self.outbox: AsyncOutbox | None = None
+        self.writer: OutboxWriter | None = None
+        self.forwarder: Forwarder | None = None
+        self.coordinators: list[BusCoordinator] = []
+        self.started = time.time()
+        # Built here so an unusable certificate or key fails at start, before any task runs.
+        self.settings = self.uplink_settings()
+
+    def uplink_settings(self) -> UplinkSettings:
+        b, ident = self.cfg.broker, self.cfg.identity
+        tls = context_from_settings(b)
+        devices = [
+            {"device_id": d.id, "kind": p.kind, "profile": p.name, "bus": bus.name,
+             "interval": d.interval, "units": p.units()}
+            for bus, d, p in self.loaded.devices()
+        ]
+        return UplinkSettings(
+            host=b.host, port=b.port, client_id=b.client_id or ident.gateway_id,
+            topics=Topics(b.topic_prefix, ident.site, ident.gateway_id),
+            source=ident.gateway_id, keepalive=b.keepalive, tls=tls,
+            username=b.username, password=b.password, max_inflight=b.max_inflight,
+            batch_max_records=b.batch_max_records, batch_max_bytes=b.batch_max_bytes,
+            reconnect_min=b.reconnect_min, reconnect_max=b.reconnect_max,
+            birth={"site": ident.site, "province": ident.province, "devices": devices,
+                   "agent_version": urbanedge.__version__},
+        )
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        buf = self.cfg.buffer
+        buf.path.parent.mkdir(parents=True, exist_ok=True)
+        self.outbox = await AsyncOutbox.open(buf.path, max_bytes=buf.max_bytes,
+                                             durability=buf.durability)
+        source = self.cfg.identity.gateway_id
+        self.writer = OutboxWriter(self.outbox, source, queue_records=buf.queue_records)
+        by_bus: dict[str, list[tuple[Any, Profile]]] = defaultdict(list)
+        for bus, dev, prof in self.loaded.devices():
+            by_bus[bus.name].append((dev, prof))
+        self.coordinators = [BusCoordinator(bus, by_bus[bus.name], self.writer.put)
+                             for bus in self.cfg.buses if by_bus[bus.name]]
+        self.forwarder = Forwarder(self.outbox, self.settings)
+        await self.outbox.append([event(source, time.time(), "agent_started",
+                                        version=urbanedge.__version__)])
+        log.info("event=agent_started gateway=%s buses=%d devices=%d outbox=%s",
+                 source, len(self.coordinators), len(self.loaded.devices()), buf.path)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.writer.run(), name="outbox-writer")
+                tg.create_task(self.forwarder.run(), name="uplink")
+                for c in self.coordinators:
+                    tg.create_task(c.run(), name=f"bus:{c.bus.name}")
+                tg.create_task(self._health_loop(), name="health")
+                if ready is not None:
+                    ready.set()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        # Runs on cancellation too: shield so the flush and close complete.
+        async def close() -> None:
+            if self.writer is not None:
+                await self.writer.flush()
+            if self.outbox is not None:
+                await self._write_health()
+                await self.outbox.close()
+        await asyncio.shield(close())
+        log.info("event=agent_stopped")
+
+    def health(self) -> dict[str, Any]:
+        w = self.writer
+        return {
+            "ts": time.time(),
+            "started": self.started,
+            "version": urbanedge.__version__,
+            "gateway_id": self.cfg.identity.gateway_id,
+            "queue": {"depth": w.queue.qsize() if w else 0,
+                      "max": w.queue.maxsize if w else 0,
+                      "full_waits": w.queue_full_waits if w else 0,
+                      "written": w.written if w else 0},
+            "buses": {c.bus.name: c.health() for c in self.coordinators},
+        }
+
+    async def _write_health(self) -> None:
+        if self.outbox is not None:
+            await self.outbox.put_health("agent", json.dumps(self.health()))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self._write_health()
+            await asyncio.sleep(HEALTH_PERIOD)

@@ -1,0 +1,283 @@
+"""Agent configuration: TOML validated by pydantic models.
+
+``load_config`` is the only way in. Any problem — unreadable file, TOML syntax, a field of
+the wrong type, an unknown profile, a device id used twice — raises :class:`ConfigError`
+naming the file, the field (dotted path, e.g. ``buses[1].devices[0].unit``) and the problem.
+The JSON schema in ``config/schemas/agent-config.schema.json`` is exported from these models.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from drivers.errors import ProfileError
+from drivers.profiles import Profile, load_profiles
+
+Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[iI]?[bB]?\s*$")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used. ``str()`` is the message for the user."""
+
+    def __init__(self, file: str, field: str, problem: str) -> None:
+        self.file, self.field, self.problem = file, field, problem
+        super().__init__(f"{file}: {field}: {problem}")
+
+
+def parse_size(value: int | str) -> int:
+    """``300MB``, ``64 MiB``, ``512k`` or a plain byte count → bytes."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 300MB, 64MiB or a byte count)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Identity(_Model):
+    """Who this gateway is, for topics and (later) its certificate subject."""
+
+    gateway_id: Ident
+    site: Ident
+    province: str = ""
+
+
+class Broker(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: Ident | None = None
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")] = "urbanedge/v1"
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 16
+    batch_max_records: Annotated[int, Field(ge=1, le=10_000)] = 200
+    batch_max_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 64_000
+    reconnect_min: Annotated[float, Field(gt=0)] = 0.5
+    reconnect_max: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> Broker:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if not self.tls and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file/cert_file/key_file need tls = true")
+        return self
+
+
+class Buffer(_Model):
+    path: Path = Path("/var/lib/urbanedge/outbox.db")
+    max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 300 * 1024 * 1024
+    durability: Literal["full", "normal"] = "full"
+    queue_records: Annotated[int, Field(ge=1, le=100_000)] = 2000
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
+
+
+class Device(_Model):
+    id: Ident
+    profile: str
+    unit: Annotated[int, Field(ge=0, le=247)] = 1
+    interval: Annotated[float, Field(ge=0.1, le=86_400)] = 60.0
+    enabled: bool = True
+    # Per-device overrides of the profile's alarm thresholds, by rule name.
+    alarms: dict[str, float] = Field(default_factory=dict)
+    # Consecutive failed polls before the device is reported offline.
+    offline_after: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class _BusBase(_Model):
+    name: Ident
+    timeout: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff_max: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    devices: list[Device] = Field(default_factory=list)
+
+
+class ModbusTcpBus(_BusBase):
+    type: Literal["modbus-tcp"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+
+
+class _SerialLine(_Model):
+    port: str
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class ModbusRtuBus(_BusBase, _SerialLine):
+    type: Literal["modbus-rtu"]
+
+
+class SerialLineBus(_BusBase, _SerialLine):
+    type: Literal["serial-line"]
+    # A reading older than this many poll intervals is reported stale.
+    stale_after: Annotated[float, Field(ge=1)] = 3.0
+
+
+Bus = Annotated[ModbusTcpBus | ModbusRtuBus | SerialLineBus, Field(discriminator="type")]
+
+
+class AgentConfig(_Model):
+    identity: Identity
+    broker: Broker = Field(default_factory=Broker)
+    buffer: Buffer = Field(default_factory=Buffer)
+    buses: list[Bus] = Field(default_factory=list)
+    profile_dirs: list[Path] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["kv", "json"] = "kv"
+
+
+class LoadedConfig:
+    """A validated config with its profiles resolved and relative paths made absolute."""
+
+    def __init__(self, path: Path, config: AgentConfig, profiles: dict[str, Profile]) -> None:
+        self.path = path
+        self.config = config
+        self.profiles = profiles
+
+    def devices(self) -> list[tuple[Bus, Device, Profile]]:
+        return [
+            (bus, dev, self.profiles[dev.profile])
+            for bus in self.config.buses
+            for dev in bus.devices
+            if dev.enabled
+        ]
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("modbus-tcp", "modbus-rtu", "serial-line"):
+            continue  # the discriminator tag pydantic inserts for union members
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read, validate and resolve a config file. Raises :class:`ConfigError`."""
+    name = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(name, "(file)", "no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(name, "(file)", f"cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, "(syntax)", f"invalid TOML: {exc}") from exc
+    try:
+        cfg = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        problem = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] in ("missing", "extra_forbidden"):
+            problem = {"missing": "required field is missing",
+                       "extra_forbidden": "unknown field"}[err["type"]]
+        raise ConfigError(name, _field_path(tuple(err["loc"])), problem) from exc
+    return _check_semantics(path, cfg)
+
+
+def _check_semantics(path: Path, cfg: AgentConfig) -> LoadedConfig:
+    name, base = str(path), path.parent
+    updates: dict[str, Any] = {
+        "buffer": cfg.buffer.model_copy(update={"path": _resolve(base, cfg.buffer.path)}),
+        "profile_dirs": [_resolve(base, d) for d in cfg.profile_dirs],
+    }
+    b = cfg.broker
+    updates["broker"] = b.model_copy(update={
+        k: _resolve(base, getattr(b, k)) for k in ("ca_file", "cert_file", "key_file")
+        if getattr(b, k) is not None
+    })
+    cfg = cfg.model_copy(update=updates)
+    for i, d in enumerate(cfg.profile_dirs):
+        if not d.is_dir():
+            raise ConfigError(name, f"profile_dirs[{i}]", f"not a directory: {d}")
+    try:
+        profiles = load_profiles(cfg.profile_dirs)
+    except ProfileError as exc:
+        raise ConfigError(name, "profile_dirs", f"bad profile: {exc}") from exc
+    for k in ("ca_file", "cert_file", "key_file"):
+        f = getattr(cfg.broker, k)
+        if f is not None and not f.is_file():
+            raise ConfigError(name, f"broker.{k}", f"no such file: {f}")
+    _check_buses(name, cfg, profiles)
+    return LoadedConfig(path, cfg, profiles)
+
+
+def _check_buses(name: str, cfg: AgentConfig, profiles: dict[str, Profile]) -> None:
+    seen_dev: dict[str, str] = {}
+    seen_bus: set[str] = set()
+    for bi, bus in enumerate(cfg.buses):
+        where = f"buses[{bi}]"
+        if bus.name in seen_bus:
+            raise ConfigError(name, f"{where}.name", f"bus name {bus.name!r} used twice")
+        seen_bus.add(bus.name)
+        units: set[int] = set()
+        for di, dev in enumerate(bus.devices):
+            at = f"{where}.devices[{di}]"
+            if dev.id in seen_dev:
+                raise ConfigError(name, f"{at}.id",
+                                  f"device id {dev.id!r} already used at {seen_dev[dev.id]}")
+            seen_dev[dev.id] = at
+            prof = profiles.get(dev.profile)
+            if prof is None:
+                raise ConfigError(name, f"{at}.profile",
+                                  f"unknown profile {dev.profile!r} (known: {', '.join(sorted(profiles))})")
+            wants_line = bus.type == "serial-line"
+            if wants_line != (prof.protocol == "line"):
+                raise ConfigError(name, f"{at}.profile",
+                                  f"profile {dev.profile!r} speaks {prof.protocol}, "
+                                  f"but bus {bus.name!r} is {bus.type}")
+            if wants_line and len(bus.devices) > 1:
+                raise ConfigError(name, f"{where}.devices",
+                                  "a serial-line bus carries exactly one sensor")
+            if not wants_line:
+                if dev.unit in units:
+                    raise ConfigError(name, f"{at}.unit", f"unit {dev.unit} used twice on this bus")
+                units.add(dev.unit)
+            rules = {r.name for r in prof.alarms}
+            for rule in dev.alarms:
+                if rule not in rules:
+                    raise ConfigError(name, f"{at}.alarms.{rule}",
+                                      f"profile {dev.profile!r} has no alarm rule {rule!r} "
+                                      f"(has: {', '.join(sorted(rules)) or 'none'})")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of the agent config (exported to config/schemas/)."""
+    return AgentConfig.model_json_schema()

@@ -1,0 +1,1 @@
+"""Real test peers started on free loopback ports: Mosquitto, socat pty pairs."""

@@ -1,0 +1,59 @@
+"""A real Mosquitto broker on a free loopback port, stoppable and restartable on that port."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.ports import free_port, wait_port
+
+
+@dataclass
+class Mosquitto:
+    """One broker process; ``stop()``/``start()`` keep the same port so clients can reconnect."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    extra_conf: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def conf_path(self) -> Path:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_inflight_messages 0\n"
+            "max_queued_messages 100000\n"
+            f"{self.extra_conf}\n"
+        )
+        return conf
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            raise RuntimeError("mosquitto not installed: run scripts/test.sh, which installs it")
+        log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen([exe, "-c", str(self.conf_path())], stdout=log, stderr=log)
+        log.close()
+        wait_port(self.host, self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crashed broker would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None

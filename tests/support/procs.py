@@ -1,0 +1,202 @@
+"""Real processes for end-to-end tests: the agent, simulators, and an MQTT subscriber that
+checks by (source, seq) what arrived."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.seal.encode import decode_batch
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+@dataclass
+class SimProc:
+    """``urbanedge sim`` as a subprocess, controlled through its stdin."""
+
+    proc: subprocess.Popen[str]
+    endpoint: str
+
+    @classmethod
+    def start(cls, kind: str, *args: str) -> SimProc:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "urbanedge", "sim", kind, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("sim ready"):
+            proc.kill()
+            raise RuntimeError(f"simulator did not start: {line!r}")
+        return cls(proc, line.strip())
+
+    def control(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class AgentProc:
+    """``urbanedge run`` as a subprocess (so it can be killed with SIGKILL)."""
+
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def start(self) -> None:
+        self.log = self.config.with_suffix(".log")
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "urbanedge", "run", "-c", str(self.config)],
+                                     stdout=out, stderr=out, env=env)
+        out.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+
+@dataclass
+class Subscriber:
+    """Subscribes to everything under the prefix and indexes records by (source, seq)."""
+
+    host: str
+    port: int
+    prefix: str = "urbanedge/v1"
+    records: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    order: list[tuple[str, int]] = field(default_factory=list)
+    duplicates: int = 0
+    retained: dict[str, Any] = field(default_factory=dict)
+    births: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _client: mqtt.Client | None = None
+
+    def start(self) -> Subscriber:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{id(self)}")
+        c.on_message = self._on_message
+        subscribed = threading.Event()
+        c.on_subscribe = lambda *a: subscribed.set()
+        c.on_connect = lambda cl, *a: cl.subscribe(f"{self.prefix}/#", qos=1)
+        c.connect(self.host, self.port, keepalive=30)
+        c.loop_start()
+        if not subscribed.wait(10):
+            raise RuntimeError("subscriber could not subscribe")
+        self._client = c
+        return self
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.loop_stop()
+            self._client.disconnect()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        channel = msg.topic.rsplit("/", 1)[-1]
+        with self._lock:
+            if channel == "status":
+                self.retained["status"] = json.loads(msg.payload)
+                return
+            if channel == "birth":
+                self.births.append(json.loads(msg.payload))
+                return
+            if channel not in ("telemetry", "alarm", "event"):
+                return
+            batch = decode_batch(msg.payload)
+            for rec in batch.records:
+                key = (batch.source, int(rec["seq"]))
+                if key in self.records:
+                    self.duplicates += 1
+                    continue
+                self.records[key] = rec
+                self.order.append(key)
+
+    def seqs(self, source: str) -> set[int]:
+        with self._lock:
+            return {s for (src, s) in self.records if src == source}
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.records.values() if r["type"] == kind]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.records)
+
+
+def agent_config(path: Path, *, broker_port: int, buses: str, gateway_id: str = "gw-test",
+                 max_bytes: str = "64MB", extra_broker: str = "", durability: str = "full") -> Path:
+    path.write_text(
+        f"""
+log_level = "info"
+[identity]
+gateway_id = "{gateway_id}"
+site = "test-site"
+[broker]
+host = "127.0.0.1"
+port = {broker_port}
+reconnect_min = 0.2
+reconnect_max = 2.0
+keepalive = 10
+{extra_broker}
+[buffer]
+path = "outbox.db"
+max_bytes = "{max_bytes}"
+durability = "{durability}"
+{buses}
+"""
+    )
+    return path
+
+
+def missing(seqs: set[int]) -> list[int]:
+    """Sequence numbers absent between 1 and the highest received."""
+    if not seqs:
+        return []
+    return sorted(set(range(1, max(seqs) + 1)) - seqs)

@@ -1,0 +1,42 @@
+"""``urbanedge`` — one command, a subcommand per job.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (usage, config), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import urbanedge
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="urbanedge",
+        description="Edge IoT gateway agent: Modbus/serial polling, durable outbox, MQTT uplink.",
+    )
+    parser.add_argument("--version", action="version", version=f"urbanedge {urbanedge.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from agent import commands, demo
+    from drivers.sim import cli as sim_cli
+
+    commands.add_parsers(sub)
+    demo.add_parser(sub)
+    sim_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
