@@ -89,7 +89,7 @@ class Broker(_Model):
 
 class Buffer(_Model):
     path: Path = Path("/var/lib/urbanedge/outbox.db")
-    max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 300 * 1024 * 1024
+    max_bytes: Annotated[int, Field(ge=256 * 1024)] = 300 * 1024 * 1024
     durability: Literal["full", "normal"] = "full"
     queue_records: Annotated[int, Field(ge=1, le=100_000)] = 2000
 

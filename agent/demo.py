@@ -60,7 +60,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     from agent.log import setup_logging
 
-    setup_logging("warning")
+    setup_logging("error")  # the records are the output; warnings would interleave
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="urbanedge-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

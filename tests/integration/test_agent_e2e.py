@@ -7,10 +7,14 @@ broker outages and broker crashes with messages in flight.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +37,14 @@ def outbox_seqs(db: Path) -> tuple[set[int], int]:
         return left, int(row[0]) if row else 0
     finally:
         con.close()
+
+
+def status(cfg: Path) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, "-m", "urbanedge", "status", "--config", str(cfg), "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    report: dict[str, Any] = json.loads(res.stdout)
+    return report
 
 
 def assert_nothing_lost(sub: Subscriber, db: Path) -> int:
@@ -220,13 +232,20 @@ def test_full_outbox_evicts_oldest_telemetry_keeps_alarms_and_reports(
     assert isinstance(flood, SimProc)
     mosquitto.stop()  # no uplink: the outbox can only fill
     cfg = agent_config(tmp_path / "agent.toml", broker_port=mosquitto.port,
-                       buses=buses(sims, interval=0.1), max_bytes="1MB", durability="normal")
+                       buses=buses(sims, interval=0.1), max_bytes="256KB", durability="normal")
     agent = AgentProc(cfg)
     agent.start()
+    sub: Subscriber | None = None
     try:
         time.sleep(2)
         flood.control("alarm flood_danger 1")
         wait_for(lambda: "event=outbox_eviction" in agent.log_text(), 120, "eviction warning")
+        report = status(cfg)
+        assert report["outbox"]["evicted_total"] > 0
+        assert report["outbox"]["depth"]["alarm"] >= 1
+        assert report["uplink"].get("state") != "online"
+        devices = {d for bus in report["agent"]["buses"].values() for d in bus["devices"]}
+        assert devices == {"sl-1", "sl-2", "sl-3", "flood-1", "flood-2"}
         mosquitto.start()
         sub = Subscriber(mosquitto.host, mosquitto.port).start()
         wait_for(lambda: any(r["type"] == "event" and r["event"] == "outbox_eviction"
@@ -235,6 +254,24 @@ def test_full_outbox_evicts_oldest_telemetry_keeps_alarms_and_reports(
                  "the alarm survived eviction")
     finally:
         agent.stop()
-        sub.stop()
+        if sub is not None:
+            sub.stop()
     size = (tmp_path / "outbox.db").stat().st_size
-    assert size < 3 * 1024 * 1024, f"outbox grew to {size} bytes with a 1 MB bound"
+    assert size < 1024 * 1024, f"outbox grew to {size} bytes with a 256 KB bound"
+
+
+def test_overload_is_shed_visibly(tmp_path: Path, mosquitto: Mosquitto, sims: dict[str, object]) -> None:
+    """A bus asked for more than it can carry skips cycles, says so, and keeps memory flat."""
+    flood = sims["flood"]
+    assert isinstance(flood, SimProc)
+    flood.control("fault slow 1.0 1")  # every answer of flood-1 now takes the simulator's delay
+    cfg = agent_config(tmp_path / "agent.toml", broker_port=mosquitto.port, buses=buses(sims, interval=0.2))
+    agent = AgentProc(cfg)
+    agent.start()
+    try:
+        wait_for(lambda: "event=poll_overrun" in agent.log_text(), 60, "overrun warning")
+        wait_for(lambda: sum(d["cycles_skipped"] for bus in status(cfg)["agent"].get("buses", {}).values()
+                             for d in bus["devices"].values()) > 0, 30, "skipped cycles in status")
+        assert agent.alive()
+    finally:
+        agent.stop()
