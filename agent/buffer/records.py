@@ -4,6 +4,8 @@ A *record* is one row of the outbox and one element of an uplink message: a devi
 (telemetry, carrying many readings), an alarm transition, or an agent event. The body
 is compact JSON *without* ``seq``: the outbox assigns the sequence number when the row
 is committed and the encoder splices it in, so nothing is parsed twice on the hot path.
+``type`` and ``device_id`` are not in the body either: the row's priority and device
+column carry them, and the encoder puts them back (see ``agent/seal/encode.py``).
 """
 
 from __future__ import annotations
@@ -59,8 +61,7 @@ def telemetry(
     """A device poll: ``quality`` is good / stale / error for the poll as a whole,
     ``point_quality`` names the points that are not good (with their own quality)."""
     body: dict[str, Any] = {
-        "type": "telemetry", "device_id": device_id, "kind": kind,
-        "ts": round(ts, 3), "quality": quality, "values": values,
+        "kind": kind, "ts": round(ts, 3), "quality": quality, "values": values,
     }
     if point_quality:
         body["q"] = point_quality
@@ -82,7 +83,7 @@ def alarm(
 ) -> NewRecord:
     """An alarm transition: ``state`` is ``raised`` or ``cleared``."""
     body: dict[str, Any] = {
-        "type": "alarm", "device_id": device_id, "kind": kind, "ts": round(ts, 3),
+        "kind": kind, "ts": round(ts, 3),
         "alarm": name, "state": state, "severity": severity, "point": point, "value": value,
     }
     if threshold is not None:
@@ -93,6 +94,6 @@ def alarm(
 def event(device_id: str, ts: float, name: str, **details: Any) -> NewRecord:
     """An agent or device event (device offline/online, outbox eviction, overload...)."""
     body: dict[str, Any] = {
-        "type": "event", "device_id": device_id, "ts": round(ts, 3), "event": name, **details,
+        "ts": round(ts, 3), "event": name, **details,
     }
     return NewRecord(Priority.EVENT, device_id, ts, _dump(body))

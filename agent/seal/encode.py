@@ -6,10 +6,12 @@ with a signed and encrypted envelope later changes this module only.
 
 Wire format (version 1, compact JSON)::
 
-    {"v":1,"source":"<gateway id>","sent":<unix ts>,"records":[{"seq":N,...body...},...]}
+    {"v":1,"source":"<gateway id>","sent":<unix ts>,
+     "records":[{"seq":N,"type":"telemetry","device_id":"...",...body...},...]}
 
-The stored record bodies are already compact JSON objects; ``seq`` is spliced in front
-of each body's first key instead of parsing and re-serialising it.
+The stored record bodies are already compact JSON objects; ``seq``, ``type`` (from the
+row's priority) and ``device_id`` (from the row) are spliced in front of each body's
+first key instead of parsing and re-serialising it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.buffer.records import StoredRecord
+from agent.buffer.records import Priority, StoredRecord
 
 VERSION = 1
 _EMPTY_TAIL = b"}"
@@ -38,14 +40,23 @@ class Batch:
     records: list[dict[str, Any]]
 
 
-def _splice_seq(seq: int, body: bytes) -> bytes:
-    # The body is trusted to be one JSON object (the outbox only stores what
-    # records.py dumps); checking the braces keeps a corrupt row from producing
-    # a payload that no receiver can parse.
+_TYPE_OF: dict[Priority, bytes] = {
+    Priority.ALARM: b'"alarm"', Priority.EVENT: b'"event"', Priority.TELEMETRY: b'"telemetry"',
+}
+
+
+def _splice(rec: StoredRecord) -> bytes:
+    # The outbox row already holds the priority and the device id, so the stored body
+    # leaves out "type" and "device_id" (about 50 bytes a row, a sixth of a 48 h backlog);
+    # they are put back here together with "seq". The body is trusted to be one JSON
+    # object (the outbox only stores what records.py dumps); checking the braces keeps a
+    # corrupt row from producing a payload that no receiver can parse.
+    body = rec.body
     if len(body) < 2 or body[:1] != b"{" or body[-1:] != b"}":
-        raise PayloadError(f"record {seq}: body is not a JSON object")
+        raise PayloadError(f"record {rec.seq}: body is not a JSON object")
     rest = body[1:].lstrip()
-    head = b'{"seq":%d' % seq
+    head = b'{"seq":%d,"type":%s,"device_id":%s' % (
+        rec.seq, _TYPE_OF[rec.prio], json.dumps(rec.device_id).encode())
     if rest == _EMPTY_TAIL:
         return head + _EMPTY_TAIL
     return head + b"," + rest
@@ -63,7 +74,7 @@ def encode_batch(source: str, records: Sequence[StoredRecord], *, sent_ts: float
         ).encode()
     except ValueError as exc:
         raise PayloadError(f"cannot encode batch header: {exc}") from exc
-    body = b",".join(_splice_seq(r.seq, r.body) for r in records)
+    body = b",".join(_splice(r) for r in records)
     return header[:-1] + b',"records":[' + body + b"]}"
 
 

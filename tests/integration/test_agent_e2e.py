@@ -154,8 +154,8 @@ def test_broker_outage_and_crash_with_inflight_messages(
     subs = [first]
     try:
         wait_for(lambda: first.count() > 50, 30, "first traffic")
-        first.stop()
         mosquitto.stop()  # outage: the agent keeps polling into the outbox
+        first.stop()  # after the broker: what it acknowledged it delivered first
         time.sleep(4)
         mosquitto.start()
         second = Subscriber(mosquitto.host, mosquitto.port).start()

@@ -374,6 +374,27 @@ def test_rows_are_deleted_only_after_puback(
     asyncio.run(scenario())
 
 
+def test_a_corrupt_row_is_dropped_not_left_to_block_the_queue(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with opened(tmp_path) as outbox:
+            good = await append(outbox, [telemetry(i) for i in range(10)])
+            bad = NewRecord(Priority.TELEMETRY, "dev-x", 1.0, b"not json")
+            bad_seq = (await outbox.append([bad])).seqs[0]
+            good |= await append(outbox, [telemetry(i) for i in range(10, 20)])
+            fwd = Forwarder(outbox, settings(mosquitto.port))
+            with receiver(mosquitto.port) as rx:
+                async with running(fwd) as task:
+                    await online(fwd, task)
+                    await wait_until(received_all(rx, good), "the good rows")
+                    await wait_until(lambda: empty(outbox), "outbox empty")
+        assert bad_seq not in rx.seqs()
+        assert fwd.stats.dropped_bad_records == 1
+
+    asyncio.run(scenario())
+
+
 def test_broker_stopped_mid_stream_loses_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
     async def scenario() -> None:
         expected: dict[int, Priority] = {}

@@ -25,8 +25,9 @@ _values = st.recursive(
     | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8,
 )
-# "seq" is the one key a body never has: the outbox owns it.
-_bodies = st.dictionaries(st.text(max_size=8).filter(lambda k: k != "seq"), _values, max_size=5)
+# "seq", "type" and "device_id" are never in a body: the outbox row carries them.
+_RESERVED = ("seq", "type", "device_id")
+_bodies = st.dictionaries(st.text(max_size=8).filter(lambda k: k not in _RESERVED), _values, max_size=5)
 
 
 def _stored(seq: int, body: dict[str, Any], prio: Priority = Priority.TELEMETRY) -> StoredRecord:
@@ -49,7 +50,8 @@ def test_round_trip_keeps_every_record_and_seq(
     assert batch.sent == pytest.approx(round(sent, 3))
     assert [r["seq"] for r in batch.records] == [r.seq for r in records]
     for got, body in zip(batch.records, bodies, strict=True):
-        assert {k: v for k, v in got.items() if k != "seq"} == body
+        assert got["type"] == "telemetry" and got["device_id"] == "d1"
+        assert {k: v for k, v in got.items() if k not in ("seq", "type", "device_id")} == body
 
 
 def test_real_record_bodies_are_spliced_byte_exact() -> None:
@@ -62,13 +64,16 @@ def test_real_record_bodies_are_spliced_byte_exact() -> None:
     payload = encode_batch("gw-1", records, sent_ts=200.0)
     assert payload == (
         b'{"v":1,"source":"gw-1","sent":200.0,"records":['
-        b'{"seq":5,' + tel.body[1:] + b',{"seq":9,' + alm.body[1:] + b"]}"
+        b'{"seq":5,"type":"telemetry","device_id":"pump-1",' + tel.body[1:]
+        + b',{"seq":9,"type":"alarm","device_id":"pump-1",' + alm.body[1:] + b"]}"
     )
+    decoded = decode_batch(payload).records
+    assert decoded[0]["values"] == {"level": 1.5} and decoded[1]["alarm"] == "high"
 
 
 def test_empty_body_and_empty_batch() -> None:
     one = encode_batch("gw", [_stored(3, {})], sent_ts=1.0)
-    assert decode_batch(one).records == [{"seq": 3}]
+    assert decode_batch(one).records == [{"seq": 3, "type": "telemetry", "device_id": "d1"}]
     assert decode_batch(encode_batch("gw", [], sent_ts=1.0)) == Batch("gw", 1.0, [])
 
 
