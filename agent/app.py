@@ -26,6 +26,7 @@ from drivers.profiles import Profile
 log = logging.getLogger("urbanedge.agent")
 
 HEALTH_PERIOD = 5.0
+COMPACT_EVERY = 60  # health periods: every 5 minutes
 
 
 class Agent:
@@ -118,6 +119,11 @@ class Agent:
             await self.outbox.put_health("agent", json.dumps(self.health()))
 
     async def _health_loop(self) -> None:
+        n = 0
         while True:
             await self._write_health()
+            n += 1
+            if self.outbox is not None and n % COMPACT_EVERY == 0:
+                # Give disk back after a long outage has drained (only acts when mostly empty).
+                await self.outbox.compact(max_pages=25_000)
             await asyncio.sleep(HEALTH_PERIOD)

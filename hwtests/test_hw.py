@@ -25,13 +25,23 @@ from tests.support.procs import AgentProc, Subscriber, agent_config, wait_for
 pytestmark = pytest.mark.hw
 
 
-@pytest.fixture(params=["rtu", "tcp", "line"])
-def hw(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    reason = skip_reason(request.param)
+def _target(kind: str, tmp_path: Path) -> Iterator[Target]:
+    reason = skip_reason(kind)
     if reason:
         pytest.skip(reason)
-    with target(request.param, tmp_path) as t:
+    with target(kind, tmp_path) as t:
         yield t
+
+
+@pytest.fixture(params=["rtu", "tcp", "line"])
+def hw(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    yield from _target(request.param, tmp_path)
+
+
+@pytest.fixture(params=["rtu", "tcp"])
+def hw_modbus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """Only the targets with unit addressing (a serial line sensor has none)."""
+    yield from _target(request.param, tmp_path)
 
 
 def _bus(t: Target) -> ModbusBus:
@@ -87,9 +97,8 @@ def test_every_point_reads_and_decodes(hw: Target) -> None:
     _plausible(asyncio.run(read()), profile.value_names())
 
 
-def test_absent_unit_times_out_and_bus_recovers(hw: Target) -> None:
-    if hw.kind == "line":
-        pytest.skip("a serial line sensor has no unit addressing")
+def test_absent_unit_times_out_and_bus_recovers(hw_modbus: Target) -> None:
+    hw = hw_modbus
     profile = builtin_profiles()[hw.profile]
     blocks = plan_reads(profile.points)
 

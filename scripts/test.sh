@@ -25,6 +25,8 @@ PY=${PYTHON:-python3}
 
 echo "== ruff"
 .venv/bin/ruff check .
+echo "== import rules"
+.venv/bin/lint-imports
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

@@ -15,7 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tenacity import wait_random_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from agent.buffer.records import NewRecord, alarm, event, telemetry
 from agent.poll.alarms import AlarmEvaluator
@@ -120,31 +126,31 @@ class DevicePoller:
                 self.busy_seconds += time.monotonic() - t0
 
     async def _cycle(self) -> bool:
-        last_exc: DeviceError | None = None
-        for attempt in range(1, self.policy.retries + 2):
-            self.stats.polls += 1
-            try:
-                result = await self._attempt()
-            except DeviceError as exc:
-                last_exc = exc
-                reason = getattr(exc, "reason", "error")
-                self.stats.failures += 1
-                self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
-                if attempt <= self.policy.retries:
-                    await asyncio.sleep(self._wait(attempt))
-                continue
-            await self._on_success(result)
-            return True
-        assert last_exc is not None
-        await self._on_failure(last_exc)
-        return False
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.policy.retries + 1),
+            wait=self._retry_wait,
+            retry=retry_if_exception_type(DeviceError),
+            before_sleep=self._count_failure,
+            reraise=True,
+        )
+        try:
+            result = await retrying(self._attempt)
+        except DeviceError as exc:
+            self._count(exc)
+            await self._on_failure(exc)
+            return False
+        self.stats.polls += 1
+        await self._on_success(result)
+        return True
 
-    def _wait(self, attempt: int) -> float:
-        from tenacity import RetryCallState  # local: only needed on the failure path
+    def _count(self, exc: BaseException | None) -> None:
+        reason = getattr(exc, "reason", "error")
+        self.stats.polls += 1
+        self.stats.failures += 1
+        self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
 
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        return float(self._retry_wait(state))
+    def _count_failure(self, state: RetryCallState) -> None:
+        self._count(state.outcome.exception() if state.outcome else None)
 
     async def _on_success(self, result: PollResult) -> None:
         now = time.time()
