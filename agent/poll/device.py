@@ -134,7 +134,7 @@ class DevicePoller:
             reraise=True,
         )
         try:
-            result = await retrying(self._attempt)
+            result: PollResult = await retrying(self._attempt)
         except DeviceError as exc:
             self._count(exc)
             await self._on_failure(exc)
