@@ -222,10 +222,8 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, control: _Control) -> Callable
     return unwatch
 
 
-async def _start_modbus(args: argparse.Namespace, profile: Profile) -> tuple[Any, str, str]:
-    from drivers.sim.server import Simulator
-
-    sim = Simulator(profile, units=args.units, seed=args.seed, tick=args.tick)
+def _apply_startup(sim: Any, args: argparse.Namespace) -> None:
+    """The --alarm and --fault options, as if typed on stdin before serving."""
     try:
         for name in args.alarm:
             sim.inject_alarm(name)
@@ -233,6 +231,13 @@ async def _start_modbus(args: argparse.Namespace, profile: Profile) -> tuple[Any
             sim.set_fault(args.fault[0], rate=args.fault[1])
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+async def _start_modbus(args: argparse.Namespace, profile: Profile) -> tuple[Any, str, str]:
+    from drivers.sim.server import Simulator
+
+    sim = Simulator(profile, units=args.units, seed=args.seed, tick=args.tick)
+    _apply_startup(sim, args)
     if args.tcp is not None:
         await sim.serve_tcp(*args.tcp)
     else:
@@ -248,13 +253,7 @@ async def _start_line(args: argparse.Namespace, profile: Profile) -> tuple[Any, 
 
     sim: _LineSim = LineSimulator(profile, args.serial, period=args.tick,
                                   baudrate=args.baudrate, seed=args.seed)
-    try:
-        for name in args.alarm:
-            sim.inject_alarm(name)
-        if args.fault is not None:
-            sim.set_fault(args.fault[0], rate=args.fault[1])
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    _apply_startup(sim, args)
     await sim.start()
     return sim, f"serial://{args.serial}", "-"
 

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.seal.encode import decode_batch
+from tests.support.process import stop_process
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
@@ -55,13 +56,7 @@ class SimProc:
         self.proc.stdin.flush()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=10)
 
 
 @dataclass
@@ -86,16 +81,8 @@ class AgentProc:
         self.proc.wait(10)
 
     def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
+        code = stop_process(self.proc, grace=20)
+        return 0 if code is None else int(code)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.process import stop_process
+
 
 @dataclass
 class PtyPair:
@@ -18,13 +20,7 @@ class PtyPair:
     proc: subprocess.Popen[bytes]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def open_pty_pair(folder: Path, name: str = "tty") -> PtyPair:
