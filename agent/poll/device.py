@@ -81,6 +81,7 @@ class DevicePoller:
         self.stats = DeviceStats()
         self._rng = rng or random.Random()
         self._failed_cycles = 0
+        self._overrunning = False
         # Retries inside a cycle are short; probing an offline device backs off up to backoff_max.
         self._retry_wait = wait_random_exponential(multiplier=0.2, max=max(0.2, policy.interval / 4))
         self.busy_seconds = 0.0
@@ -105,12 +106,18 @@ class DevicePoller:
         due += interval
         if due < now:
             # Overrun: the bus (or the outbox) could not keep up. Skip the missed cycles
-            # rather than queueing them, and say so.
+            # rather than queueing them; warn when it starts, count every one.
             missed = int((now - due) // interval) + 1
             due += missed * interval
             self.stats.cycles_skipped += missed
-            log.warning("event=poll_overrun device=%s missed_cycles=%d interval=%.3g",
-                        self.device_id, missed, interval)
+            if not self._overrunning:
+                self._overrunning = True
+                log.warning("event=poll_overrun device=%s missed_cycles=%d interval=%.3g",
+                            self.device_id, missed, interval)
+        elif self._overrunning:
+            self._overrunning = False
+            log.info("event=poll_on_time device=%s cycles_skipped_total=%d",
+                     self.device_id, self.stats.cycles_skipped)
         return due
 
     async def _attempt(self) -> PollResult:
@@ -126,8 +133,26 @@ class DevicePoller:
                 self.busy_seconds += time.monotonic() - t0
 
     async def _cycle(self) -> bool:
+        # Hot path: one plain attempt. The retry machinery (tenacity) is only built
+        # once an attempt has failed, which keeps a successful poll cheap.
+        try:
+            result = await self._attempt()
+        except DeviceError as exc:
+            self._count(exc)
+            if self.policy.retries == 0:
+                await self._on_failure(exc)
+                return False
+            return await self._retry_cycle()
+        self.stats.polls += 1
+        await self._on_success(result)
+        return True
+
+    async def _retry_cycle(self) -> bool:
+        # First backoff by hand (tenacity waits only *between* its own attempts), jittered
+        # like the rest so devices that failed together do not retry together.
+        await asyncio.sleep(self._rng.uniform(0, 0.4))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.policy.retries + 1),
+            stop=stop_after_attempt(self.policy.retries),
             wait=self._retry_wait,
             retry=retry_if_exception_type(DeviceError),
             before_sleep=self._count_failure,
