@@ -18,6 +18,8 @@ from agent.buffer.records import event
 from agent.buffer.writer import OutboxWriter
 from agent.config import LoadedConfig
 from agent.poll.coordinator import BusCoordinator
+from agent.seal.credentials import load_credentials
+from agent.seal.encode import BatchSealer
 from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.tls import context_from_settings
 from agent.uplink.topics import Topics
@@ -41,10 +43,15 @@ class Agent:
         # Built here so an unusable certificate or key fails at start, before any task runs.
         self.settings = self.uplink_settings()
 
+    def _sealer(self) -> BatchSealer:
+        ident = self.cfg.identity
+        creds = load_credentials(self.cfg.seal, ident.gateway_id)
+        return BatchSealer(ident.gateway_id, creds.sealer, creds.chain_der)
+
     def uplink_settings(self) -> UplinkSettings:
         b, ident = self.cfg.broker, self.cfg.identity
         tls = context_from_settings(b)
-        devices = [
+        self._inventory = [
             {"device_id": d.id, "kind": p.kind, "profile": p.name, "bus": bus.name,
              "interval": d.interval, "units": p.units()}
             for bus, d, p in self.loaded.devices()
@@ -52,12 +59,13 @@ class Agent:
         return UplinkSettings(
             host=b.host, port=b.port, client_id=b.client_id or ident.gateway_id,
             topics=Topics(b.topic_prefix, ident.site, ident.gateway_id),
-            source=ident.gateway_id, keepalive=b.keepalive, tls=tls,
+            source=ident.gateway_id, sealer=self._sealer(), keepalive=b.keepalive, tls=tls,
             username=b.username, password=b.password, max_inflight=b.max_inflight,
             batch_max_records=b.batch_max_records, batch_max_bytes=b.batch_max_bytes,
             reconnect_min=b.reconnect_min, reconnect_max=b.reconnect_max,
-            birth={"site": ident.site, "province": ident.province, "devices": devices,
-                   "agent_version": urbanedge.__version__},
+            # The birth message is not sealed (brokers and dashboards read it), so it says only
+            # what the topic already tells; the device inventory goes sealed, in agent_started.
+            birth={"site": ident.site, "agent_version": urbanedge.__version__},
         )
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -73,8 +81,8 @@ class Agent:
         self.coordinators = [BusCoordinator(bus, by_bus[bus.name], self.writer.put)
                              for bus in self.cfg.buses if by_bus[bus.name]]
         self.forwarder = Forwarder(self.outbox, self.settings)
-        await self.outbox.append([event(source, time.time(), "agent_started",
-                                        version=urbanedge.__version__)])
+        await self.outbox.append([event(source, time.time(), "agent_started", version=urbanedge.__version__,
+                                        province=self.cfg.identity.province, devices=self._inventory)])
         log.info("event=agent_started gateway=%s buses=%d devices=%d outbox=%s",
                  source, len(self.coordinators), len(self.loaded.devices()), buf.path)
         try:

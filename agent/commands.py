@@ -62,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     from agent.app import Agent
     from agent.log import setup_logging
+    from agent.seal.credentials import SealSetupError
     from agent.uplink.tls import TlsConfigError
 
     setup_logging(loaded.config.log_level, loaded.config.log_format)
@@ -69,6 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         agent = Agent(loaded)
     except TlsConfigError as exc:
         print(f"error: {args.config}: broker: {exc}", file=sys.stderr)
+        return 2
+    except SealSetupError as exc:
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_run_until_signal(agent))
 

@@ -87,6 +87,18 @@ class Broker(_Model):
         return self
 
 
+class Seal(_Model):
+    """What the gateway seals every batch with (see docs/wire-format.md, "Sealed envelope").
+
+    The files are checked when the agent starts (``urbanedge run``), not by ``config check``,
+    so a config can be checked on a laptop before the gateway has its certificate."""
+
+    key: Path = Path("/etc/urbanedge/pki/gateway.key")
+    cert: Path = Path("/etc/urbanedge/pki/gateway-chain.pem")
+    recipient: Path = Path("/etc/urbanedge/pki/ioc-recipient.pem")
+    key_passphrase_file: Path | None = None
+
+
 class Buffer(_Model):
     path: Path = Path("/var/lib/urbanedge/outbox.db")
     max_bytes: Annotated[int, Field(ge=256 * 1024)] = 300 * 1024 * 1024
@@ -150,6 +162,7 @@ class AgentConfig(_Model):
     identity: Identity
     broker: Broker = Field(default_factory=Broker)
     buffer: Buffer = Field(default_factory=Buffer)
+    seal: Seal = Field(default_factory=Seal)
     buses: list[Bus] = Field(default_factory=list)
     profile_dirs: list[Path] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -222,6 +235,11 @@ def _check_semantics(path: Path, cfg: AgentConfig) -> LoadedConfig:
     updates["broker"] = b.model_copy(update={
         k: _resolve(base, getattr(b, k)) for k in ("ca_file", "cert_file", "key_file")
         if getattr(b, k) is not None
+    })
+    sl = cfg.seal
+    updates["seal"] = sl.model_copy(update={
+        k: _resolve(base, getattr(sl, k)) for k in ("key", "cert", "recipient", "key_passphrase_file")
+        if getattr(sl, k) is not None
     })
     cfg = cfg.model_copy(update=updates)
     for i, d in enumerate(cfg.profile_dirs):

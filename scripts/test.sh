@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need, then runs them all:
-#   system: mosquitto (real MQTT broker), socat (virtual serial cables), openssl
+#   system: mosquitto (real MQTT broker), socat (virtual serial cables), openssl,
+#           postgresql (a throw-away server for the shared IOC store tests)
 #   python: this package + test extras in ./.venv
 # Then: ruff, mypy, pytest (unit, integration, hwtests against simulators).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k outbox
@@ -11,6 +12,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -15,17 +15,22 @@ import urbanedge
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="urbanedge",
-        description="Edge IoT gateway agent: Modbus/serial polling, durable outbox, MQTT uplink.",
+        description="Edge IoT gateway agent (Modbus/serial polling, durable outbox, sealed MQTT uplink), "
+                    "provincial PKI and IOC receiver.",
     )
     parser.add_argument("--version", action="version", version=f"urbanedge {urbanedge.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from agent import commands, demo
     from drivers.sim import cli as sim_cli
+    from ioc import cli as ioc_cli
+    from pki import cli as pki_cli
 
     commands.add_parsers(sub)
     demo.add_parser(sub)
     sim_cli.add_parser(sub)
+    pki_cli.add_parser(sub)
+    ioc_cli.add_parser(sub)
     return parser
 
 

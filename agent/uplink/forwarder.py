@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from agent.buffer.records import Priority, StoredRecord
 from agent.buffer.store import OutboxError
-from agent.seal.encode import PayloadError, encode_batch
+from agent.seal.encode import BatchSealer, PayloadError
 from agent.uplink.topics import Topics
 
 log = logging.getLogger("urbanedge.uplink")
@@ -34,7 +34,7 @@ PRIORITIES: tuple[Priority, ...] = tuple(sorted(Priority))  # ALARM first
 IDLE_RECHECK = 2.0  # s; outbox.changed is the wake-up, this only bounds a missed one
 HEALTH_EVERY = 5.0  # s between health rows when nothing changes
 SHUTDOWN_GRACE = 1.0  # s to publish the offline status on a clean stop
-_ENVELOPE_OVERHEAD = 128  # bytes of batch header, generously
+_ENVELOPE_OVERHEAD = 512  # bytes of COSE envelope and batch header, generously
 _PER_RECORD_OVERHEAD = 28  # '"seq":<19 digits>,' plus the separating comma
 
 
@@ -57,6 +57,7 @@ class UplinkSettings:
     client_id: str
     topics: Topics
     source: str
+    sealer: BatchSealer
     keepalive: int = 30
     tls: ssl.SSLContext | None = None
     username: str | None = None
@@ -258,6 +259,9 @@ class Forwarder:
             **s.birth, "source": s.source, "agent_version": self._version,
             "started": round(self._started, 3), "connected": round(now, 3),
         }
+        # The certificate first and retained: a receiver learns it before the first sealed
+        # batch that names it by x5t, also when it (re)subscribes later.
+        await client.publish(s.topics.cert, s.sealer.announcement(ts=now), qos=1, retain=True)
         await client.publish(s.topics.status, _dump(status), qos=1, retain=True)
         await client.publish(s.topics.birth, _dump(birth), qos=1)
 
@@ -328,17 +332,16 @@ class Forwarder:
     async def _encode(
         self, records: list[StoredRecord]
     ) -> tuple[list[StoredRecord], bytes] | None:
-        source = self._settings.source
+        sealer = self._settings.sealer
         try:
-            return records, encode_batch(source, records, sent_ts=self._clock())
+            return records, sealer.encode(records, sent_ts=self._clock())
         except PayloadError:
-            # A header problem is ours, not the rows': never delete data for it.
-            encode_batch(source, [], sent_ts=self._clock())
+            pass
         good: list[StoredRecord] = []
         bad: list[int] = []
         for rec in records:
             try:
-                encode_batch(source, [rec], sent_ts=0.0)
+                sealer.check(rec)
                 good.append(rec)
             except PayloadError:
                 bad.append(rec.seq)
@@ -348,7 +351,7 @@ class Forwarder:
         await self._outbox.delete(bad)
         if not good:
             return None
-        return good, encode_batch(source, good, sent_ts=self._clock())
+        return good, sealer.encode(good, sent_ts=self._clock())
 
     async def _send(
         self,

@@ -13,7 +13,7 @@ from agent.buffer.records import Priority
 
 MAX_SEGMENT = 64
 CHANNELS: frozenset[str] = frozenset(
-    {"telemetry", "alarm", "event", "status", "birth", "command"}
+    {"telemetry", "alarm", "event", "status", "birth", "cert", "command"}
 )
 _FORBIDDEN = frozenset("+#/\x00")
 _BY_PRIORITY: dict[Priority, str] = {
@@ -78,6 +78,10 @@ class Topics:
     @property
     def birth(self) -> str:
         return self.channel("birth")
+
+    @property
+    def cert(self) -> str:
+        return self.channel("cert")
 
     @property
     def command(self) -> str:

@@ -31,10 +31,12 @@ from agent.buffer import records
 from agent.buffer.async_store import AsyncOutbox
 from agent.buffer.records import NewRecord, Priority
 from agent.config import Broker
-from agent.seal.encode import decode_batch
 from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.tls import TlsConfigError, client_context, context_from_settings
 from agent.uplink.topics import Topics
+from ioc.verify import Opener
+from pki.keys import load_certs
+from tests.support import testpki
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
 
@@ -62,6 +64,8 @@ class Receiver:
     messages: list[Received] = field(default_factory=list)
     ready: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _opener: Opener | None = None
+    _opened: list[tuple[str, list[int]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"rx-{uuid.uuid4()}")
@@ -92,15 +96,17 @@ class Receiver:
             return [m for m in self.messages if m.channel == channel]
 
     def batches(self) -> list[tuple[str, list[int]]]:
-        """(channel, seqs) of every record batch, in arrival order."""
-        out = []
+        """(channel, seqs) of every record batch, in arrival order (each opened once, as the IOC would)."""
         with self.lock:
             got = [m for m in self.messages if m.channel in CHANNEL_OF.values()]
-        for m in got:
-            batch = decode_batch(m.payload)
+        if self._opener is None:
+            self._opener = testpki.opener()
+            self._opener.learn_chain(load_certs(testpki.device(SOURCE).chain))
+        for m in got[len(self._opened):]:
+            batch = self._opener.open(m.payload)
             assert batch.source == SOURCE
-            out.append((m.channel, [r["seq"] for r in batch.records]))
-        return out
+            self._opened.append((m.channel, [r["seq"] for r in batch.records]))
+        return list(self._opened)
 
     def seqs(self) -> list[int]:
         return [s for _, seqs in self.batches() for s in seqs]
@@ -224,7 +230,8 @@ async def relay_to(broker: Mosquitto) -> AsyncIterator[Relay]:
 def settings(port: int, **kw: Any) -> UplinkSettings:
     base: dict[str, Any] = {
         "host": "127.0.0.1", "port": port, "client_id": f"gw-1-{uuid.uuid4().hex[:8]}",
-        "topics": TOPICS, "source": SOURCE, "reconnect_min": 0.05, "reconnect_max": 0.3,
+        "topics": TOPICS, "source": SOURCE, "sealer": testpki.batch_sealer(SOURCE),
+        "reconnect_min": 0.05, "reconnect_max": 0.3,
     }
     return UplinkSettings(**{**base, **kw})
 

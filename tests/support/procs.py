@@ -18,7 +18,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.seal.encode import decode_batch
+from ioc.verify import Opener, Rejected
+from tests.support import testpki
 from tests.support.process import stop_process
 
 
@@ -103,6 +104,8 @@ class Subscriber:
     duplicates: int = 0
     retained: dict[str, Any] = field(default_factory=dict)
     births: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # reasons, for messages the IOC would refuse
+    opener: Opener = field(default_factory=testpki.opener)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _client: mqtt.Client | None = None
 
@@ -133,9 +136,19 @@ class Subscriber:
             if channel == "birth":
                 self.births.append(json.loads(msg.payload))
                 return
+            if channel == "cert":
+                try:
+                    self.opener.learn_announcement(msg.payload)
+                except Rejected as exc:
+                    self.rejected.append(exc.reason)
+                return
             if channel not in ("telemetry", "alarm", "event"):
                 return
-            batch = decode_batch(msg.payload)
+            try:
+                batch = self.opener.open(msg.payload)
+            except Rejected as exc:
+                self.rejected.append(exc.reason)
+                return
             for rec in batch.records:
                 key = (batch.source, int(rec["seq"]))
                 if key in self.records:
@@ -176,6 +189,7 @@ keepalive = 10
 path = "outbox.db"
 max_bytes = "{max_bytes}"
 durability = "{durability}"
+{testpki.seal_toml(gateway_id)}
 {buses}
 """
     )
