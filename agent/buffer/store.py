@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -89,6 +90,12 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
             uri = f"{path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         else:
+            # Created 0600 before SQLite sees it (SQLite gives its -wal/-shm files the same
+            # mode): the outbox holds readings in plaintext until they are sealed and sent.
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise OutboxError(path, f"cannot create: {exc.strerror or exc}") from exc
             conn = sqlite3.connect(path, isolation_level=None)
         # A status reader or a checkpoint can hold a lock for a moment; wait, don't fail.
         conn.execute("PRAGMA busy_timeout = 5000")

@@ -117,8 +117,9 @@ def test_readings_of_every_device_arrive_in_order_and_complete(
     try:
         wait_for(lambda: {r["device_id"] for r in sub.of_type("telemetry")}
                  >= {"sl-1", "sl-2", "sl-3", "flood-1", "flood-2"}, 30, "telemetry of all devices")
-        wait_for(lambda: sub.retained.get("status", {}).get("state") == "online", 10, "online status")
+        wait_for(lambda: sub.settle().retained.get("status", {}).get("state") == "online", 10, "online status")
         assert sub.births and sub.births[0]["site"] == "test-site"
+        assert sub.rejected == []  # every message opened and verified, as the IOC would
         tele = [r for r in sub.of_type("telemetry") if r["device_id"] == "sl-1" and r["quality"] == "good"]
         assert {"dim_level", "active_power", "energy", "lamp_fault"} <= set(tele[0]["values"])
     finally:
@@ -174,7 +175,8 @@ def test_broker_outage_and_crash_with_inflight_messages(
     # that is the broker's durability, which a persistent broker configuration covers.)
     merged = Subscriber(mosquitto.host, mosquitto.port)
     for s in subs:
-        merged.records.update(s.records)
+        merged.records.update(s.settle().records)
+        assert s.rejected == [], s.rejected
     assert_nothing_lost(merged, tmp_path / "outbox.db")
 
 

@@ -170,3 +170,18 @@ def test_receiver_killed_mid_stream_loses_nothing(mosquitto: Mosquitto, gateway:
             assert store.stats()[gateway.gw]["missing"] == 0
     finally:
         stop(rx)
+
+
+def test_receiver_writes_ngsi_ld_entities(mosquitto: Mosquitto, gateway: Gateway, tmp_path: Path) -> None:
+    gateway.announce()
+    rx = receive(mosquitto, tmp_path, "rx-ngsi", f"sqlite:{tmp_path / 'ioc.db'}", "--format", "ngsi-ld")
+    try:
+        payload, seqs = gateway.batch(3)
+        gateway.send(payload)
+        wait_for(lambda: len(lines(tmp_path / "rx-ngsi.jsonl")) == len(seqs), 20, "entities")
+    finally:
+        stop(rx)
+    entities = lines(tmp_path / "rx-ngsi.jsonl")
+    assert {e["type"] for e in entities} == {"Streetlight"}
+    assert all(str(e["id"]).startswith(f"urn:ngsi-ld:Streetlight:{gateway.gw}:") for e in entities)
+    assert all(e["voltage"]["value"] == 229.7 for e in entities)  # type: ignore[index]

@@ -374,3 +374,10 @@ def test_async_open_of_a_corrupt_file_raises(db: Path) -> None:
             await AsyncOutbox.open(db, max_bytes=MB)
 
     asyncio.run(scenario())
+
+
+def test_outbox_file_is_private(db: Path) -> None:
+    # It holds readings in plaintext until they are sealed and sent.
+    ob = Outbox(db, max_bytes=8 * MB)
+    ob.close()
+    assert db.stat().st_mode & 0o777 == 0o600
