@@ -3,12 +3,16 @@ runs in its own process, a naive read plan, and table printing.
 
 Also runnable, for the pieces that must be separate processes::
 
-    python bench/_common.py subscribe --port P        # counting subscriber (JSON lines)
+    python bench/_common.py subscribe --port P --pki DIR   # counting subscriber (JSON lines)
     python bench/_common.py run-agent --naive-plan -c agent.toml   # agent, one request per point
 
-The subscriber counts records and readings (a reading is one value of one point: the sum
-of ``len(values)`` over telemetry records) and prints a JSON status line every 100 ms.
-It lives in its own process so its JSON decoding is not charged to the process measured.
+Every uplink message is sealed (COSE_Sign1 in COSE_Encrypt), so the subscriber is an IOC in
+miniature: it learns each gateway's certificate from the retained ``cert`` channel, opens
+every message with ``ioc.verify.Opener`` (decrypt, verify the chain to the throw-away root
+in ``--pki DIR``, verify the signature, decode) and counts only verified records and
+readings (a reading is one value of one point: the sum of ``len(values)`` over telemetry
+records). It prints a JSON status line every 100 ms and lives in its own process, so its
+crypto is not charged to the process measured.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ if str(ROOT) not in sys.path:
 
 from drivers.modbus.plan import ReadBlock  # noqa: E402
 from drivers.profiles import Point  # noqa: E402
+from ioc.verify import Opener, Rejected  # noqa: E402
+from pki.throwaway import ThrowawayPki, build_throwaway_pki  # noqa: E402
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 STATUS_PERIOD = 0.1
@@ -40,6 +46,24 @@ STATUS_PERIOD = 0.1
 def naive_plan(points: Iterable[Point]) -> tuple[ReadBlock, ...]:
     """One request per point: what a per-key gateway (the baseline) sends."""
     return tuple(ReadBlock(p.table, p.address, p.width, (p,)) for p in points)
+
+
+def make_pki(work: Path, gateway_ids: Sequence[str]) -> ThrowawayPki:
+    """A throw-away provincial PKI under ``work/pki`` with one certificate per gateway."""
+    return build_throwaway_pki(work / "pki", list(gateway_ids), province="Bench")
+
+
+def seal_toml(pki: ThrowawayPki, gateway_id: str) -> str:
+    """The ``[seal]`` section of an agent config for ``gateway_id`` (issued by ``make_pki``)."""
+    creds = pki.devices[gateway_id]
+    return (f'\n[seal]\nkey = "{creds.key}"\ncert = "{creds.chain}"\n'
+            f'recipient = "{pki.ioc_recipient_cert}"\n')
+
+
+def pki_args(pki: ThrowawayPki) -> list[str]:
+    """Trust arguments for an IOC-side process (``_common.py subscribe``, ``urbanedge ioc``)."""
+    return ["--root", str(pki.root_cert), "--key", str(pki.ioc_recipient_key),
+            "--cert", str(pki.ioc_recipient_cert), "--crl", str(pki.crl)]
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -85,6 +109,8 @@ class SubStatus:
     first: float | None = None
     last: float | None = None
     devices: int = 0  # distinct device ids seen in telemetry (with --track-devices)
+    rejected: int = 0  # messages that did not open and verify (should stay 0)
+    announcements: int = 0  # certificate announcements verified
     # device_id of each alarm record → wall time it was received
     alarms: dict[str, float] = field(default_factory=dict)
 
@@ -92,10 +118,10 @@ class SubStatus:
 class SubscriberProc:
     """The counting subscriber as a child process; ``status`` is its latest report."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", prefix: str = "urbanedge/v1",
-                 track_devices: bool = False) -> None:
+    def __init__(self, port: int, pki: ThrowawayPki, host: str = "127.0.0.1",
+                 prefix: str = "urbanedge/v1", track_devices: bool = False) -> None:
         cmd = [sys.executable, str(Path(__file__)), "subscribe", "--host", host,
-               "--port", str(port), "--prefix", prefix]
+               "--port", str(port), "--prefix", prefix, *pki_args(pki)]
         if track_devices:
             cmd.append("--track-devices")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -150,18 +176,52 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
 
 
 class _Counter:
-    def __init__(self, track_devices: bool) -> None:
+    """Opens every message; counts what verified. Runs on paho's network thread only."""
+
+    def __init__(self, opener: Opener, track_devices: bool) -> None:
         self.lock = threading.Lock()
         self.s = SubStatus()
         self.track = track_devices
         self.device_ids: set[str] = set()
+        self.opener = opener
+        # Batches whose signer's announcement has not arrived yet; retried after each one.
+        self.parked: list[bytes] = []
 
     def on_message(self, _c: Any, _u: Any, msg: Any) -> None:
-        now = time.time()
         channel = msg.topic.rsplit("/", 1)[-1]
-        if channel not in ("telemetry", "alarm", "event"):
+        payload = bytes(msg.payload)
+        if channel == "cert":
+            self._announcement(payload)
+        elif channel in ("telemetry", "alarm", "event"):
+            self._batch(payload, time.time())
+
+    def _announcement(self, payload: bytes) -> None:
+        try:
+            self.opener.learn_announcement(payload)
+        except Rejected as exc:
+            self._rejected(exc)
             return
-        records = json.loads(msg.payload)["records"]
+        with self.lock:
+            self.s.announcements += 1
+        waiting, self.parked = self.parked, []
+        for data in waiting:
+            self._batch(data, time.time())
+
+    def _rejected(self, exc: Rejected) -> None:
+        print(f"rejected reason={exc.reason} problem={exc.problem!r}", file=sys.stderr, flush=True)
+        with self.lock:
+            self.s.rejected += 1
+
+    def _batch(self, payload: bytes, now: float) -> None:
+        try:
+            batch = self.opener.open(payload)
+        except Rejected as exc:
+            if exc.reason == "unknown_certificate" and len(self.parked) < 10_000:
+                self.parked.append(payload)
+            else:
+                self._rejected(exc)
+            return
+        records = batch.records
         readings = sum(len(r.get("values", ())) for r in records if r.get("type") == "telemetry")
         with self.lock:
             s = self.s
@@ -182,11 +242,23 @@ class _Counter:
             return json.dumps(self.s.__dict__)
 
 
+def _opener(args: argparse.Namespace) -> Opener:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from pki.keys import load_cert, load_crls, load_private_key
+
+    key = load_private_key(args.key)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SystemExit(f"{args.key}: the IOC recipient key must be P-256")
+    crls = [c for path in args.crl for c in load_crls(path)]
+    return Opener(key, load_cert(args.cert), load_cert(args.root), crls=crls)
+
+
 def _subscribe_main(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    counter = _Counter(args.track_devices)
+    counter = _Counter(_opener(args), args.track_devices)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
     subscribed = threading.Event()
     client.on_message = counter.on_message
@@ -232,6 +304,10 @@ def main() -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--prefix", default="urbanedge/v1")
     s.add_argument("--track-devices", action="store_true")
+    s.add_argument("--root", type=Path, required=True, help="the throw-away root certificate")
+    s.add_argument("--key", type=Path, required=True, help="the IOC recipient key")
+    s.add_argument("--cert", type=Path, required=True, help="the IOC recipient certificate")
+    s.add_argument("--crl", type=Path, action="append", default=[])
     s.set_defaults(func=_subscribe_main)
     a = sub.add_parser("run-agent")
     a.add_argument("-c", "--config", type=Path, required=True)

@@ -2,8 +2,10 @@
 
 Every component is a real process on 127.0.0.1: S streetlight simulators
 (``urbanedge sim streetlight --tcp ... --units 1-U``, one Modbus TCP bus each), the agent
-(``urbanedge run``; outbox ``durability = "full"``), Mosquitto (QoS 1) and a subscriber
-that counts readings (one value of one point: the sum of ``len(values)``).
+(``urbanedge run``; outbox ``durability = "full"``; every batch sealed: COSE_Sign1 by the
+gateway inside COSE_Encrypt to the IOC, with a throw-away PKI made in the run's temp dir),
+Mosquitto (QoS 1) and a subscriber that opens and verifies every message (``ioc.verify``)
+and counts the verified readings (one value of one point: the sum of ``len(values)``).
 
 After a warm-up, the script samples the subscriber's count and the agent's CPU time
 (``/proc/<pid>/stat``, all threads) over a window and prints readings/s delivered and
@@ -34,10 +36,12 @@ from pathlib import Path
 from _common import (
     ROOT,
     SubscriberProc,
+    make_pki,
     mib,
     print_table,
     proc_cpu_seconds,
     proc_rss_bytes,
+    seal_toml,
     stop_process,
 )
 
@@ -47,6 +51,7 @@ from tests.support.ports import free_port
 from tests.support.procs import SimProc
 
 COMMON = ROOT / "bench" / "_common.py"
+GATEWAY = "gw-bench"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Figures:
     label: str
     readings_per_s: float
     records_per_s: float
+    messages_per_s: float  # sealed MQTT messages; each carries one envelope (~250 B, ~150 us)
     agent_us_per_reading: float
     agent_cpu_share: float
     agent_rss: int
@@ -73,11 +79,11 @@ class Figures:
 
 
 def write_config(path: Path, broker_port: int, sim_ports: list[int], o: Options,
-                 batch_max_records: int) -> Path:
+                 batch_max_records: int, seal: str) -> Path:
     text = f"""
 log_level = "warning"
 [identity]
-gateway_id = "gw-bench"
+gateway_id = "{GATEWAY}"
 site = "bench"
 [broker]
 host = "127.0.0.1"
@@ -89,7 +95,7 @@ batch_max_bytes = 256000
 path = "outbox.db"
 max_bytes = "512MB"
 durability = "full"
-"""
+{seal}"""
     for b, port in enumerate(sim_ports):
         text += f'\n[[buses]]\nname = "lan{b}"\ntype = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
         text += "timeout = 2.0\n"
@@ -117,6 +123,7 @@ def cpu_of(procs: dict[str, list[int]]) -> dict[str, float]:
 def run_case(label: str, o: Options, *, naive: bool, batch_max_records: int) -> Figures:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        pki = make_pki(work, [GATEWAY])
         broker = Mosquitto(work)
         broker.start()
         stack.callback(broker.stop)
@@ -127,9 +134,10 @@ def run_case(label: str, o: Options, *, naive: bool, batch_max_records: int) -> 
                                 "--units", f"1-{o.units}", "--seed", str(i + 1))
             stack.callback(sim.stop)
             sims.append(sim)
-        sub = SubscriberProc(broker.port)
+        sub = SubscriberProc(broker.port, pki)
         stack.callback(sub.stop)
-        cfg = write_config(work / "agent.toml", broker.port, ports, o, batch_max_records)
+        cfg = write_config(work / "agent.toml", broker.port, ports, o, batch_max_records,
+                           seal_toml(pki, GATEWAY))
         log = open(work / "agent.log", "wb")  # noqa: SIM115 - handed to the child
         stack.callback(log.close)
         cmd = [sys.executable, str(COMMON), "run-agent", "-c", str(cfg)]
@@ -146,10 +154,12 @@ def run_case(label: str, o: Options, *, naive: bool, batch_max_records: int) -> 
                               outbox_records(work / "outbox.db"), cpu_of(others), time.monotonic())
         if agent.poll() is not None:
             raise RuntimeError(f"agent exited: {(work / 'agent.log').read_text()[-2000:]}")
+        if s1.rejected:
+            raise RuntimeError(f"subscriber rejected {s1.rejected} sealed messages")
         rss, _peak = proc_rss_bytes(agent.pid)
         dt, readings = t1 - t0, s1.readings - s0.readings
         return Figures(
-            label, readings / dt, (s1.records - s0.records) / dt,
+            label, readings / dt, (s1.records - s0.records) / dt, (s1.messages - s0.messages) / dt,
             (c1 - c0) * 1e6 / max(1, readings), (c1 - c0) / dt, rss, (b1 - b0) / dt,
             {k: (o1[k] - o0[k]) / dt for k in o0},
         )
@@ -158,10 +168,12 @@ def run_case(label: str, o: Options, *, naive: bool, batch_max_records: int) -> 
 def report(figs: list[Figures], o: Options) -> None:
     print_table(
         f"End to end: {o.sims} simulators x {o.units} streetlights (11 points), interval "
-        f"{o.interval}s, window {o.window}s, durability=full",
-        ["run", "readings/s delivered", "records/s", "agent CPU us/reading", "agent CPU (cores)",
+        f"{o.interval}s, window {o.window}s, durability=full, sealing on",
+        ["run", "readings/s delivered", "records/s", "readings/message", "agent CPU us/reading",
+         "agent CPU (cores)",
          "agent RSS", "outbox backlog growth rec/s", "other CPU (cores)"],
         [[f.label, f"{f.readings_per_s:,.0f}", f"{f.records_per_s:,.0f}",
+          f"{f.readings_per_s / max(f.messages_per_s, 1e-9):.1f}",
           f"{f.agent_us_per_reading:.1f}", f"{f.agent_cpu_share:.2f}", mib(f.agent_rss),
           f"{f.backlog_per_s:+,.0f}",
           ", ".join(f"{k} {v:.2f}" for k, v in f.others_cpu.items())] for f in figs],

@@ -3,10 +3,12 @@
 1. Fill an outbox directly (``Outbox.append`` in batches of 5,000, durability ``full``)
    with ``--records`` flood-sensor telemetry records (default 1,440,000 = 500 devices
    polled once a minute for 48 h; 4 readings each) and report its size on disk.
-2. Start Mosquitto, a counting subscriber (own process) and the Forwarder in this
-   process over an ``AsyncOutbox`` (the agent's uplink, default settings: batches of
-   200 records, 16 in flight, QoS 1, rows deleted on PUBACK). Measure the time until the
-   subscriber has every record: records/s and readings/s.
+2. Start Mosquitto, a subscriber (own process) that opens and verifies every sealed
+   message, and the Forwarder in this process over an ``AsyncOutbox`` (the agent's
+   uplink, default settings: batches of 200 records, 16 in flight, QoS 1, rows deleted on
+   PUBACK; every batch sealed with a gateway certificate from a throw-away PKI made in the
+   run's temp dir). Measure the time until the subscriber has every record verified:
+   records/s and readings/s.
 3. While it drains, append an alarm at 25 %, 50 % and 75 % of the backlog and measure
    append → received by the subscriber.
 
@@ -30,13 +32,17 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import SubscriberProc, mib, print_table
+from _common import SubscriberProc, make_pki, mib, print_table
 
 from agent.buffer.async_store import AsyncOutbox
 from agent.buffer.records import NewRecord, alarm, telemetry
 from agent.buffer.store import Outbox
+from agent.config import Seal
+from agent.seal.credentials import load_credentials
+from agent.seal.encode import BatchSealer
 from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.topics import Topics
+from pki.throwaway import ThrowawayPki
 from tests.support.mosquitto import Mosquitto
 
 DEVICES = 500
@@ -95,18 +101,27 @@ class Drain:
     alarms: list[tuple[float, int, float]] = field(default_factory=list)
 
 
-def settings(port: int) -> UplinkSettings:
+def batch_sealer(pki: ThrowawayPki) -> BatchSealer:
+    """What the gateway seals with, loaded as the agent loads its ``[seal]`` section."""
+    creds = pki.devices[GATEWAY]
+    loaded = load_credentials(Seal(key=creds.key, cert=creds.chain, recipient=pki.ioc_recipient_cert),
+                              GATEWAY)
+    return BatchSealer(GATEWAY, loaded.sealer, loaded.chain_der)
+
+
+def settings(port: int, sealer: BatchSealer) -> UplinkSettings:
     return UplinkSettings(host="127.0.0.1", port=port, client_id=GATEWAY,
-                          topics=Topics("urbanedge/v1", "bench", GATEWAY), source=GATEWAY)
+                          topics=Topics("urbanedge/v1", "bench", GATEWAY), source=GATEWAY,
+                          sealer=sealer)
 
 
-async def drain(db: Path, port: int, sub: SubscriberProc, n: int) -> Drain:
+async def drain(db: Path, port: int, sub: SubscriberProc, n: int, sealer: BatchSealer) -> Drain:
     out = Drain()
     box = await AsyncOutbox.open(db, max_bytes=MAX_BYTES, durability="full")
     injected: dict[str, tuple[float, float, int]] = {}
     deadline = time.monotonic() + 120 + n / 2000
     t0 = time.time()
-    task = asyncio.create_task(Forwarder(box, settings(port)).run(), name="forwarder")
+    task = asyncio.create_task(Forwarder(box, settings(port, sealer)).run(), name="forwarder")
     try:
         while True:
             snap = sub.snapshot()
@@ -121,8 +136,9 @@ async def drain(db: Path, port: int, sub: SubscriberProc, n: int) -> Drain:
             if done >= n and len(snap.alarms) == len(ALARM_AT):
                 out.seconds = (snap.last or time.time()) - t0
                 break
-            if time.monotonic() > deadline or task.done():
-                raise RuntimeError(f"drain incomplete: {done} of {n} records received")
+            if time.monotonic() > deadline or task.done() or snap.rejected:
+                raise RuntimeError(f"drain incomplete: {done} of {n} records received, "
+                                   f"{snap.rejected} messages rejected")
             await asyncio.sleep(0.02)
         for name, (frac, t, ahead) in injected.items():
             out.alarms.append((frac, ahead, snap.alarms[name] - t))
@@ -138,7 +154,8 @@ def report(n: int, f: Filled, d: Drain) -> None:
     rate = n / d.seconds
     size = f.file_bytes
     print_table(
-        f"48 h backlog: {n:,} flood-sensor records ({READINGS_PER_RECORD} readings each)",
+        f"48 h backlog: {n:,} flood-sensor records ({READINGS_PER_RECORD} readings each), "
+        "sealed on the way out",
         ["figure", "value", "target"],
         [["fill time (append, batches of 5,000)", f"{f.seconds:.1f} s ({n / f.seconds:,.0f} records/s)", ""],
          ["outbox size on disk (db + WAL)", f"{mib(size)} = {size / 1e6:.1f} MB ({size / n:.0f} B/record)",
@@ -168,16 +185,17 @@ def main() -> int:
     n = 100_000 if args.quick else args.records
     with tempfile.TemporaryDirectory(prefix="bench-outage-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        pki = make_pki(work, [GATEWAY])
         db = work / "outbox.db"
         print(f"filling {n:,} records ...", flush=True)
         filled = fill(db, n)
         broker = Mosquitto(work)
         broker.start()
         stack.callback(broker.stop)
-        sub = SubscriberProc(broker.port)
+        sub = SubscriberProc(broker.port, pki)
         stack.callback(sub.stop)
         print("draining ...", flush=True)
-        result = asyncio.run(drain(db, broker.port, sub, n))
+        result = asyncio.run(drain(db, broker.port, sub, n, batch_sealer(pki)))
     report(n, filled, result)
     return 0
 

@@ -1,13 +1,16 @@
 """Agent memory with 500 devices: RSS of ``urbanedge run`` after it has polled them all.
 
 Real processes on 127.0.0.1: Mosquitto, 4 streetlight simulators x 125 units (one Modbus
-TCP bus each), the agent, and a subscriber that notes which devices' telemetry arrived.
+TCP bus each), the agent (sealing every batch, with a throw-away PKI made in the run's temp
+dir), and a subscriber that opens and verifies every message and notes which devices'
+telemetry arrived.
 Once telemetry of all 500 devices has been delivered, the agent keeps running for
 ``--settle`` seconds while its RSS is sampled; the table shows the last and the highest
 sample and the kernel's peak (VmHWM).
 
 Baseline, same script: a bare ``python -c`` that imports the same libraries (paho,
-aiomqtt, pymodbus, pydantic, sqlite3, asyncio) and nothing of ours, and ``python -c pass``.
+aiomqtt, pymodbus, pydantic, sqlite3, asyncio, and for sealing cryptography and cbor2) and
+nothing of ours, and ``python -c pass``.
 
 Run: ``.venv/bin/python bench/bench_rss.py [--quick] [--interval 60]``
 """
@@ -22,24 +25,27 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from _common import SubscriberProc, mib, print_table, proc_rss_bytes, stop_process
+from _common import SubscriberProc, make_pki, mib, print_table, proc_rss_bytes, seal_toml, stop_process
 
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
 from tests.support.procs import SimProc
 
 SIMS, UNITS = 4, 125
+GATEWAY = "gw-bench"
 TARGET = 60 * 1024 * 1024
-LIBS = "import asyncio, sqlite3, paho.mqtt.client, aiomqtt, pymodbus.client, pydantic"
+LIBS = ("import asyncio, sqlite3, paho.mqtt.client, aiomqtt, pymodbus.client, pydantic, cbor2, "
+        "cryptography.x509, cryptography.hazmat.primitives.ciphers.aead")
 _SHOW_RSS = ("; print(*[l.split()[1] for l in open('/proc/self/status')"
              " if l.startswith(('VmRSS', 'VmHWM'))])")
 
 
-def write_config(path: Path, broker_port: int, sim_ports: list[int], interval: float) -> Path:
+def write_config(path: Path, broker_port: int, sim_ports: list[int], interval: float,
+                 seal: str) -> Path:
     text = f"""
 log_level = "info"
 [identity]
-gateway_id = "gw-bench"
+gateway_id = "{GATEWAY}"
 site = "bench"
 [broker]
 host = "127.0.0.1"
@@ -48,7 +54,7 @@ port = {broker_port}
 path = "outbox.db"
 max_bytes = "300MB"
 durability = "full"
-"""
+{seal}"""
     for b, port in enumerate(sim_ports):
         text += f'\n[[buses]]\nname = "lan{b}"\ntype = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
         for u in range(1, UNITS + 1):
@@ -69,6 +75,7 @@ def agent_rss(interval: float, settle: float) -> tuple[int, int, int, float]:
     """(last RSS, highest sampled RSS, VmHWM, seconds until all devices were delivered)."""
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        pki = make_pki(work, [GATEWAY])
         broker = Mosquitto(work)
         broker.start()
         stack.callback(broker.stop)
@@ -77,9 +84,9 @@ def agent_rss(interval: float, settle: float) -> tuple[int, int, int, float]:
             sim = SimProc.start("streetlight", "--tcp", f"127.0.0.1:{port}",
                                 "--units", f"1-{UNITS}", "--seed", str(i + 1))
             stack.callback(sim.stop)
-        sub = SubscriberProc(broker.port, track_devices=True)
+        sub = SubscriberProc(broker.port, pki, track_devices=True)
         stack.callback(sub.stop)
-        cfg = write_config(work / "agent.toml", broker.port, ports, interval)
+        cfg = write_config(work / "agent.toml", broker.port, ports, interval, seal_toml(pki, GATEWAY))
         log = open(work / "agent.log", "wb")  # noqa: SIM115 - handed to the child
         stack.callback(log.close)
         t0 = time.monotonic()
@@ -95,6 +102,8 @@ def agent_rss(interval: float, settle: float) -> tuple[int, int, int, float]:
             time.sleep(0.5)
         if agent.poll() is not None:
             raise RuntimeError(f"agent exited: {(work / 'agent.log').read_text()[-2000:]}")
+        if sub.snapshot().rejected:
+            raise RuntimeError(f"subscriber rejected {sub.snapshot().rejected} sealed messages")
         rss, hwm = proc_rss_bytes(agent.pid)
         return rss, max(highest, rss), hwm, all_in
 
