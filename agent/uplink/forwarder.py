@@ -34,6 +34,7 @@ PRIORITIES: tuple[Priority, ...] = tuple(sorted(Priority))  # ALARM first
 IDLE_RECHECK = 2.0  # s; outbox.changed is the wake-up, this only bounds a missed one
 HEALTH_EVERY = 5.0  # s between health rows when nothing changes
 SHUTDOWN_GRACE = 1.0  # s to publish the offline status on a clean stop
+NAGLE_MAX_WAIT = 0.05  # s a small batch waits for an in-flight PUBACK before looking again
 _ENVELOPE_OVERHEAD = 512  # bytes of COSE envelope and batch header, generously
 _PER_RECORD_OVERHEAD = 28  # '"seq":<19 digits>,' plus the separating comma
 
@@ -138,6 +139,8 @@ class Forwarder:
         self._stats = UplinkStats()
         self._inflight = 0
         self._health_due = asyncio.Event()
+        self._settled = asyncio.Event()  # set whenever an in-flight message is acked or lost
+        self._min_batch = max(1, settings.batch_max_records // 4)
         self._wait = wait_random_exponential(
             multiplier=settings.reconnect_min,
             min=settings.reconnect_min,
@@ -295,12 +298,21 @@ class Forwarder:
             await slots.acquire()
             # Cleared before the fetch: an append racing with it sets the event again.
             self._outbox.changed.clear()
+            self._settled.clear()
             found = await self._next_batch(cursors)
             if found is None:
                 slots.release()
                 await self._idle()
                 continue
             prio, records = found
+            if prio != Priority.ALARM and self._inflight > 0 and len(records) < self._min_batch:
+                # Nagle for sealed batches: each message costs ≈250 µs of sealing (an ECDH and
+                # a signature) and ≈250 bytes, so while a message is in flight a small batch
+                # waits for its PUBACK (or more records) instead of going out on its own.
+                # Alarms never wait; with nothing in flight nothing waits either.
+                slots.release()
+                await _wait_event(self._settled, NAGLE_MAX_WAIT)
+                continue
             cursors[prio] = records[-1].seq
             encoded = await self._encode(records)
             if encoded is None:
@@ -372,6 +384,7 @@ class Forwarder:
             self._stats.acked_records += len(records)
         finally:
             self._inflight -= 1
+            self._settled.set()
             slots.release()
 
     # -- state and health -------------------------------------------------------------

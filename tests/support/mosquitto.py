@@ -19,6 +19,7 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     extra_conf: str = ""
+    persistence: bool = False  # on: sessions and queued messages survive a clean restart
     proc: subprocess.Popen[bytes] | None = None
 
     def conf_path(self) -> Path:
@@ -26,8 +27,10 @@ class Mosquitto:
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "persistence false\n"
-            "max_inflight_messages 0\n"
+            + (f"persistence true\npersistence_location {self.workdir}/\n"
+               "autosave_on_changes true\nautosave_interval 1\n" if self.persistence
+               else "persistence false\n")
+            + "max_inflight_messages 0\n"
             "max_queued_messages 100000\n"
             f"{self.extra_conf}\n"
         )

@@ -107,11 +107,15 @@ class Subscriber:
     rejected: list[str] = field(default_factory=list)  # reasons, for messages the IOC would refuse
     opener: Opener = field(default_factory=testpki.opener)
     _raw: list[tuple[str, bytes]] = field(default_factory=list)
+    parked: list[bytes] = field(default_factory=list)  # batches waiting for their signer's announcement
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _client: mqtt.Client | None = None
 
-    def start(self) -> Subscriber:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{os.getpid()}-{id(self)}")
+    def start(self, session: str | None = None) -> Subscriber:
+        """Subscribe; with ``session`` (a client id) the broker keeps our subscription and
+        queue while we are away, across subscriber objects (and broker restarts with persistence)."""
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=session or f"test-sub-{os.getpid()}-{id(self)}",
+                        clean_session=session is None)
         c.on_message = self._on_message
         subscribed = threading.Event()
         c.on_subscribe = lambda *a: subscribed.set()
@@ -136,7 +140,9 @@ class Subscriber:
             self._raw.append((msg.topic.rsplit("/", 1)[-1], bytes(msg.payload)))
 
     def _drain(self) -> None:
-        """Open what arrived since the last look (called with the lock held)."""
+        """Open what arrived since the last look (called with the lock held). Like the IOC, a
+        batch whose signer is not known yet waits for the announcement (a persistent session
+        delivers its queue before the retained announcement)."""
         raw, self._raw = self._raw, []
         for channel, payload in raw:
             if channel == "status":
@@ -148,19 +154,29 @@ class Subscriber:
                     self.opener.learn_announcement(payload)
                 except Rejected as exc:
                     self.rejected.append(exc.reason)
-            elif channel in ("telemetry", "alarm", "event"):
-                try:
-                    batch = self.opener.open(payload)
-                except Rejected as exc:
-                    self.rejected.append(exc.reason)
                     continue
-                for rec in batch.records:
-                    key = (batch.source, int(rec["seq"]))
-                    if key in self.records:
-                        self.duplicates += 1
-                        continue
-                    self.records[key] = rec
-                    self.order.append(key)
+                parked, self.parked = self.parked, []
+                for p in parked:
+                    self._open(p)
+            elif channel in ("telemetry", "alarm", "event"):
+                self._open(payload)
+
+    def _open(self, payload: bytes) -> None:
+        try:
+            batch = self.opener.open(payload)
+        except Rejected as exc:
+            if exc.reason == "unknown_certificate":
+                self.parked.append(payload)
+            else:
+                self.rejected.append(exc.reason)
+            return
+        for rec in batch.records:
+            key = (batch.source, int(rec["seq"]))
+            if key in self.records:
+                self.duplicates += 1
+                continue
+            self.records[key] = rec
+            self.order.append(key)
 
     def seqs(self, source: str) -> set[int]:
         with self._lock:
