@@ -162,8 +162,8 @@ def test_broker_outage_and_crash_with_inflight_messages(
     subs = [first]
     try:
         wait_for(lambda: first.count() > 50, 30, "first traffic")
-        first.stop()  # the session stays; its queue fills from here on
         mosquitto.stop()  # outage: the agent keeps polling into the outbox
+        first.stop()  # after the broker: what it acknowledged it delivered first (or persisted)
         time.sleep(4)
         mosquitto.start()
         second = Subscriber(mosquitto.host, mosquitto.port).start(session="e2e-sub")
