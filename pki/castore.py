@@ -31,6 +31,7 @@ from pki.keys import (
     write_public_file,
 )
 from pki.profiles import ISSUING_CA, Profile, SubjectFields, name_text
+from pki.show import serial_hex
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,8 @@ class Index:
     certs: list[IndexEntry] = field(default_factory=list)
 
     def find(self, serial: int) -> IndexEntry | None:
-        key = serial_hex(serial)
-        return next((e for e in self.certs if e.serial == key), None)
-
-
-def serial_hex(serial: int) -> str:
-    return format(serial, "X")
+        # By value: the hex spelling of a serial (leading zero or not) must not matter.
+        return next((e for e in self.certs if int(e.serial, 16) == serial), None)
 
 
 def parse_serial(text: str) -> int:

@@ -26,11 +26,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki import show as show_mod
-from pki.castore import CRL_FILE, KEY_FILE, REASONS, CaDir, parse_serial, serial_hex
+from pki.castore import CRL_FILE, KEY_FILE, REASONS, CaDir, parse_serial
 from pki.errors import CertFileError, FileProblem, PkiError
 from pki.keys import KEY_TYPES, cert_pem, load_cert, load_csr, read_input, write_public_file
 from pki.profiles import END_ENTITY_PROFILES, ISSUING_CA, ROOT, SubjectFields, end_entity_profile, name_text
 from pki.request import create_request
+from pki.show import serial_hex
 
 MIN_CA_PASSPHRASE = 12
 CA_PASS_ENV, ROOT_PASS_ENV, KEY_PASS_ENV = "UE_CA_PASSPHRASE", "UE_ROOT_PASSPHRASE", "UE_KEY_PASSPHRASE"

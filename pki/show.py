@@ -21,6 +21,12 @@ _EKU_NAMES = {
 }
 
 
+def serial_hex(serial: int) -> str:
+    """A serial number as openssl prints it: upper-case hex, an even number of digits."""
+    text = format(serial, "X")
+    return "0" + text if len(text) % 2 else text
+
+
 def _key_usage(ku: x509.KeyUsage) -> list[str]:
     return [name for name in _KU_FIELDS if getattr(ku, name)]
 
@@ -52,7 +58,7 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
         "type": "certificate",
         "subject": name_text(cert.subject),
         "issuer": name_text(cert.issuer),
-        "serial": format(cert.serial_number, "X"),
+        "serial": serial_hex(cert.serial_number),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "key": describe_key(cert.public_key()),
@@ -83,7 +89,7 @@ def describe_crl(crl: x509.CertificateRevocationList) -> dict[str, Any]:
     revoked = []
     for entry in crl:
         reason: x509.CRLReason | None = _ext(entry.extensions, x509.CRLReason)
-        revoked.append({"serial": format(entry.serial_number, "X"),
+        revoked.append({"serial": serial_hex(entry.serial_number),
                         "revoked_at": entry.revocation_date_utc.isoformat(),
                         "reason": reason.reason.value if reason else "unspecified"})
     return {
