@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
@@ -117,6 +118,41 @@ def _tls(args: argparse.Namespace) -> Any:
     return client_context(args.tls_ca, args.tls_cert, args.tls_key)
 
 
+class CrlWatcher:
+    """Reloads the CRL files when they change (checked every few seconds while idle), so a
+    revocation takes effect without restarting the receiver."""
+
+    EVERY = 5.0
+
+    def __init__(self, paths: list[Path], opener: Opener) -> None:
+        self.paths, self.opener = paths, opener
+        self._stamp = self._stamps()
+        self._checked = time.monotonic()
+
+    def _stamps(self) -> tuple[float, ...]:
+        return tuple(p.stat().st_mtime if p.exists() else 0.0 for p in self.paths)
+
+    def __call__(self) -> None:
+        if not self.paths or time.monotonic() - self._checked < self.EVERY:
+            return
+        self._checked = time.monotonic()
+        stamp = self._stamps()
+        if stamp == self._stamp:
+            return
+        from pki.errors import PkiError
+        from pki.keys import load_crls
+
+        try:
+            crls = [c for path in self.paths for c in load_crls(path)]
+        except PkiError as exc:
+            # Keep the CRLs we have: a half-written file must not lift revocations.
+            log.warning("event=ioc_crl_reload_failed problem=%r", str(exc))
+            return
+        self._stamp = stamp
+        self.opener.set_crls(crls)
+        log.info("event=ioc_crl_reloaded files=%d revoked=%d", len(self.paths), sum(len(list(c)) for c in crls))
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     from agent.log import setup_logging
     from ioc.receiver import Receiver, ReceiverSettings
@@ -141,7 +177,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
             host=host, port=int(port), prefix=args.prefix, group=None if args.no_share else args.group,
             client_id=args.client_id, protocol=5 if args.mqtt == "5" else 4, tls=_tls(args),
         )
-        receiver = Receiver(settings, pipeline)
+        receiver = Receiver(settings, pipeline, on_idle=CrlWatcher(args.crl, opener))
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

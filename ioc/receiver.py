@@ -62,9 +62,11 @@ def _channel(topic: str) -> str:
 class Receiver:
     """Runs the pipeline on messages from one MQTT connection, on the calling thread."""
 
-    def __init__(self, settings: ReceiverSettings, pipeline: Pipeline) -> None:
+    def __init__(self, settings: ReceiverSettings, pipeline: Pipeline,
+                 on_idle: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self._on_idle = on_idle
         # paho's network thread only queues; the pipeline (crypto, store) runs in run(),
         # so a slow store never stalls keepalives.
         self._inbox: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(maxsize=1000)
@@ -124,6 +126,8 @@ class Receiver:
                 topic, payload, mid, qos = self._inbox.get(timeout=left)
             except queue.Empty:
                 self.pipeline.handle_idle()
+                if self._on_idle is not None:
+                    self._on_idle()
                 continue
             self._handle(topic, payload, mid, qos, stop)
 

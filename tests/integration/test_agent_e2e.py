@@ -8,6 +8,7 @@ broker outages and broker crashes with messages in flight.
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -169,7 +170,23 @@ def test_broker_outage_and_crash_with_inflight_messages(
         second = Subscriber(mosquitto.host, mosquitto.port).start(session="e2e-sub")
         subs.append(second)
         wait_for(lambda: second.count() > 100, 30, "traffic after the outage")
-        mosquitto.kill()  # crash while messages are in flight
+        # Crash the broker with the agent's last messages in flight: the agent is frozen
+        # mid-stream (its PUBACKs arrive but are never read), the broker is let deliver what
+        # it acknowledged (losing acknowledged messages in a crash is the broker's durability,
+        # not what this test is about), then killed. The agent, thawed, must resend everything
+        # whose PUBACK it never saw.
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            def delivered_all() -> bool:
+                before = second.count()
+                time.sleep(0.3)
+                return second.count() == before
+
+            wait_for(delivered_all, 20, "the broker to deliver what it acknowledged")
+            mosquitto.kill()
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
         second.stop()
         mosquitto.start()
         third = Subscriber(mosquitto.host, mosquitto.port).start(session="e2e-sub")

@@ -185,3 +185,25 @@ def test_receiver_writes_ngsi_ld_entities(mosquitto: Mosquitto, gateway: Gateway
     assert {e["type"] for e in entities} == {"Streetlight"}
     assert all(str(e["id"]).startswith(f"urn:ngsi-ld:Streetlight:{gateway.gw}:") for e in entities)
     assert all(e["voltage"]["value"] == 229.7 for e in entities)  # type: ignore[index]
+
+
+def test_revocation_takes_effect_without_restarting_the_receiver(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    g = Gateway(mosquitto, f"gw-revoke-{os.getpid()}")
+    try:
+        g.announce()
+        rx = receive(mosquitto, tmp_path, "rx-crl", f"sqlite:{tmp_path / 'ioc.db'}")
+        try:
+            payload, _seqs = g.batch(2)
+            g.send(payload)
+            wait_for(lambda: len(lines(tmp_path / "rx-crl.jsonl")) == 2, 20, "records before the revocation")
+            testpki.shared_pki().revoke(g.gw)  # rewrites the CRL file the receiver was given
+            wait_for(lambda: "event=ioc_crl_reloaded" in (tmp_path / "rx-crl.log").read_text(), 20, "CRL reload")
+            payload, _ = g.batch(2)
+            g.send(payload)
+            wait_for(lambda: "reason=revoked" in (tmp_path / "rx-crl.log").read_text(), 20, "revoked batch")
+        finally:
+            stop(rx)
+        assert len(lines(tmp_path / "rx-crl.jsonl")) == 2
+        assert json.loads((tmp_path / "rx-crl.stats.json").read_text())["rejected"] == {"revoked": 1}
+    finally:
+        g.close()
