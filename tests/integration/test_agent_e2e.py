@@ -200,9 +200,13 @@ def test_broker_outage_and_crash_with_inflight_messages(
     # (A message the broker acknowledged and then lost in its crash would show up here:
     # that is the broker's durability, which a persistent broker configuration covers.)
     merged = Subscriber(mosquitto.host, mosquitto.port)
+    spans = []
     for s in subs:
         merged.records.update(s.settle().records)
         assert s.rejected == [] and s.parked == [], (s.rejected, len(s.parked))
+        got = s.seqs(GW)
+        spans.append((min(got, default=0), max(got, default=0), len(got)))
+    print("subscriber spans (min, max, count):", spans)
     assert_nothing_lost(merged, tmp_path / "outbox.db")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ class Mosquitto:
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             + (f"persistence true\npersistence_location {self.workdir}/\n"
-               "autosave_on_changes true\nautosave_interval 1\n" if self.persistence
+               "autosave_on_changes true\nautosave_interval 1\n"
+               # As root mosquitto drops to user "mosquitto", who cannot write our temp dir.
+               + ("user root\n" if os.geteuid() == 0 else "") if self.persistence
                else "persistence false\n")
             + "max_inflight_messages 0\n"
             "max_queued_messages 100000\n"
