@@ -1,0 +1,203 @@
+# Hardware layer: the few things that differ between an ESP32 and the unix port.
+#
+# Everything else in the node (Modbus, sealing, flash log, uplink) is written against this
+# module, so the same code runs on the chip and, in tests, under the unix port with a socat
+# pty standing in for the RS-485 transceiver. ESP32-only modules (machine, network) are
+# imported inside the functions that need them: the unix port has no such modules.
+
+import os
+import sys
+import time
+
+ESP32 = sys.platform == "esp32"
+
+# The ESP32 port counts wall time from 2000-01-01; the IOC and the gateway use Unix time.
+_EPOCH_2000 = 946684800
+
+
+class UartError(OSError):
+    pass
+
+
+class Uart:
+    # A half-duplex serial port. read_into() waits at most timeout_ms for the first byte and
+    # returns what arrived (0 on timeout); it never blocks longer, whatever the line does.
+    #
+    # direction: optional callable(bool) driving the RS-485 transceiver's DE/RE pin: True
+    # while we transmit, False to listen. It is switched back only after the last stop bit
+    # left the UART, or the slave's answer would start while our driver still holds the bus.
+
+    def __init__(self, port, baudrate=9600, bits=8, parity=None, stop=1, tx=None, rx=None,
+                 direction=None):
+        self.baudrate = baudrate
+        self.direction = direction
+        self._one = bytearray(1)
+        if direction is not None:
+            direction(False)
+        if ESP32:
+            from machine import UART
+
+            kw = {"baudrate": baudrate, "bits": bits, "parity": parity, "stop": stop,
+                  "timeout": 0, "timeout_char": 0, "rxbuf": 512}
+            if tx is not None:
+                kw["tx"] = tx
+            if rx is not None:
+                kw["rx"] = rx
+            self._dev = UART(port, **kw)
+            self._poll = None
+        else:
+            import select
+
+            # A pty (or tty) opened as a plain unbuffered file. Baud rate and framing of a
+            # pty are meaningless; a real /dev/ttyUSB* needs them set with stty beforehand.
+            try:
+                self._dev = open(port, "r+b")
+            except OSError as exc:
+                raise UartError("cannot open %s: %s" % (port, exc))
+            self._poll = select.poll()
+            self._poll.register(self._dev, select.POLLIN)
+
+    def write(self, data):
+        if self.direction is not None:
+            self.direction(True)
+        n = self._dev.write(data)
+        if ESP32:
+            # Wait until the shift register is empty before releasing the bus.
+            self._dev.flush()
+        # Never flush() a pty: it raises EINVAL. An unbuffered file has nothing to flush.
+        if self.direction is not None:
+            self.direction(False)
+        return n
+
+    def read_into(self, buf, start, end, timeout_ms):
+        # Read up to end-start bytes into buf[start:end]; returns how many arrived.
+        if start >= end:
+            return 0
+        if ESP32:
+            deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+            while not self._dev.any():
+                if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+                    return 0
+                time.sleep_ms(1)
+            mv = memoryview(buf)
+            got = self._dev.readinto(mv[start:end])
+            return got or 0
+        # A blocking read(n) on the unix port loops until n bytes: take them one at a time,
+        # each after poll() says it is there, so a short frame cannot hang us.
+        n = 0
+        wait = timeout_ms
+        one = self._one
+        while start + n < end:
+            if not self._poll.poll(wait):
+                break
+            if self._dev.readinto(one) != 1:
+                break
+            buf[start + n] = one[0]
+            n += 1
+            wait = 0
+        return n
+
+    def discard(self):
+        # Drop whatever is waiting in the receive buffer; returns the number of bytes dropped.
+        dropped = 0
+        scratch = bytearray(16)
+        while True:
+            got = self.read_into(scratch, 0, 16, 0)
+            if not got:
+                return dropped
+            dropped += got
+
+    def close(self):
+        if ESP32:
+            self._dev.deinit()
+        else:
+            self._poll.unregister(self._dev)
+            self._dev.close()
+
+
+def direction_pin(pin_no, active_high=True):
+    # A DE/RE callable for Uart(direction=...) on a GPIO (ESP32 only).
+    from machine import Pin
+
+    pin = Pin(pin_no, Pin.OUT, value=0 if active_high else 1)
+
+    def drive(transmit):
+        pin.value(1 if transmit == active_high else 0)
+
+    return drive
+
+
+class Watchdog:
+    # machine.WDT on the ESP32 (cannot be stopped once started); nothing on unix.
+
+    def __init__(self, timeout_ms=30000):
+        self._wdt = None
+        if ESP32:
+            from machine import WDT
+
+            self._wdt = WDT(timeout=timeout_ms)
+
+    def feed(self):
+        if self._wdt is not None:
+            self._wdt.feed()
+
+
+def ticks_ms():
+    return time.ticks_ms()
+
+
+def ticks_diff(a, b):
+    return time.ticks_diff(a, b)
+
+
+def ticks_add(t, delta):
+    return time.ticks_add(t, delta)
+
+
+def sleep_ms(ms):
+    time.sleep_ms(ms)
+
+
+def wall_time():
+    # Seconds since 1970-01-01 UTC (the ESP32 must have synced its RTC, e.g. with ntptime).
+    t = time.time()
+    if time.gmtime(0)[0] == 2000:
+        t += _EPOCH_2000
+    return t
+
+
+def storage_dir():
+    # Where the flash log and keys live: the littlefs root on the chip; $UE_STORAGE (or the
+    # current directory) on unix, so each test gets its own.
+    if ESP32:
+        return "/data"
+    return os.getenv("UE_STORAGE") or "."
+
+
+def ensure_dir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass  # EEXIST: fine; anything else shows up on first write
+    return path
+
+
+def network_up(ssid=None, password=None, timeout_ms=20000):
+    # Bring the station interface up; True once it has an address. Unix: the host's network.
+    if not ESP32:
+        return True
+    import network
+
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if wlan.isconnected():
+        return True
+    if ssid is None:
+        return False
+    wlan.connect(ssid, password)
+    deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+    while not wlan.isconnected():
+        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+            return False
+        time.sleep_ms(100)
+    return True
