@@ -21,7 +21,7 @@ import time
 
 from ue import cbor, cose, hal, mqtt, sensors
 from ue.flashlog import FlashLog
-from ue.identity import Identity
+from ue.identity import Identity, IdentityError
 
 VERSION = "0.3.0"
 
@@ -199,9 +199,14 @@ class Node:
     def _client(self):
         br = self.cfg["broker"]
         ident = self.identity
-        with open(ident.dir + "/" + br.get("ca", "broker-ca.der"), "rb") as f:
-            ca = f.read()
-        tls = mqtt.tls_context(ca, ident.cert_path, ident.key_path)
+        ca_path = ident.dir + "/" + br.get("ca", "broker-ca.der")
+        try:
+            with open(ca_path, "rb") as f:
+                ca = f.read()
+            tls = mqtt.tls_context(ca, ident.cert_path, ident.key_path)
+        except (OSError, ValueError) as e:
+            raise IdentityError("broker CA %s or the node's certificate/key unusable for TLS: %s"
+                                % (ca_path, mqtt.describe(e)))
         offline = json.dumps({"state": "offline", "source": self.src, "reason": "lost"}).encode()
         return mqtt.MQTTClient(
             self.src, br["host"], br.get("port", 8883), tls=tls,
