@@ -234,7 +234,8 @@ class Node:
         return seq
 
     def poll_device(self, dev):
-        values, quality, bad = sensors.read_device(self.master, dev["unit"], dev["prof"])
+        # Exact decimals on the wire (the ESP32's float is binary32), plain numbers for alarms.
+        values, quality, bad = sensors.read_device(self.master, dev["unit"], dev["prof"], True)
         now = wall_ms()
         body = {"kind": dev["kind"], "quality": quality, "values": values}
         if bad:
@@ -253,7 +254,9 @@ class Node:
                 self.record(EVENT, dev["id"], {"event": "device_online", "kind": dev["kind"]}, now)
             dev["online"] = True
         self.record(TELEMETRY, dev["id"], body, now)
-        for name, state, severity, point, value, threshold in sensors.check_alarms(dev["prof"], values, dev["alarms"]):
+        numbers = {k: sensors.as_number(v) for k, v in values.items()}
+        for name, state, severity, point, value, threshold in sensors.check_alarms(dev["prof"], numbers, dev["alarms"]):
+            value = values[point]  # the exact form goes on the wire
             self.log("event=alarm device=%s alarm=%s state=%s value=%r" % (dev["id"], name, state, value))
             self.record(ALARM, dev["id"], {"kind": dev["kind"], "alarm": name, "state": state,
                                            "severity": severity, "point": point, "value": value,

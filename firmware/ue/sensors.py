@@ -8,7 +8,7 @@
 
 import struct
 
-from ue import modbus
+from ue import cbor, modbus
 from ue.profiles_table import PROFILES
 
 _F32 = bytearray(4)
@@ -26,27 +26,57 @@ def _scaled(point, raw):
     return (raw * point[5] + point[6]) / div
 
 
-def decode_point(point, data, is_bit):
-    # The engineering value of point from a response's data bytes.
+def _exact(point, raw):
+    # (raw * mul + add) / div as an exact decimal when div is a power of ten: an int, or a
+    # cbor.Dec. The ESP32's float is binary32 (7 digits): a water meter's 12345678 x 0.001 m3
+    # must not reach the IOC as 12345.677734375.
+    div = point[7]
+    if div == 0:
+        return raw
+    num = raw * point[5] + point[6]
+    k = 0
+    d = div
+    while d > 1 and d % 10 == 0:
+        d //= 10
+        k += 1
+    if d != 1:
+        return num / div
+    while k and num % 10 == 0:
+        num //= 10
+        k -= 1
+    return num if k == 0 else cbor.Dec(num, -k)
+
+
+def as_number(v):
+    # A value as a plain number for comparisons (alarm rules): Dec becomes a float.
+    if isinstance(v, cbor.Dec):
+        return v.mantissa / 10 ** -v.exp
+    return v
+
+
+def decode_point(point, data, is_bit, exact=False):
+    # The engineering value of point from a response's data bytes. exact: scaled integer
+    # registers as exact decimals (_exact) instead of floats.
     at = point[2]
     if is_bit:
         return bool(modbus.bit(data, at))
     kind = point[1]
     word = modbus.register(data, at)
+    scale = _exact if exact else _scaled
     b = point[4]
     if b >= 0:
         flag = (word >> b) & 1
-        return bool(flag) if kind == "bool" else _scaled(point, flag)
+        return bool(flag) if kind == "bool" else scale(point, flag)
     if kind == "uint16":
-        return _scaled(point, word)
+        return scale(point, word)
     if kind == "int16":
-        return _scaled(point, word - 0x10000 if word & 0x8000 else word)
+        return scale(point, word - 0x10000 if word & 0x8000 else word)
     second = modbus.register(data, at + 1)
     whole = (second << 16) | word if point[3] else (word << 16) | second
     if kind == "uint32":
-        return _scaled(point, whole)
+        return scale(point, whole)
     if kind == "int32":
-        return _scaled(point, whole - 0x100000000 if whole & 0x80000000 else whole)
+        return scale(point, whole - 0x100000000 if whole & 0x80000000 else whole)
     buf = _F32
     buf[0] = whole >> 24
     buf[1] = (whole >> 16) & 0xFF
@@ -62,7 +92,7 @@ def _finite(x):
     return x == x and x not in (float("inf"), float("-inf"))
 
 
-def read_device(master, unit, prof):
+def read_device(master, unit, prof, exact=False):
     # (values, quality, point_quality) of one poll of a Modbus device.
     # quality: "good"; "error" with point_quality {name: "error"} for the points of blocks
     # answered with an exception or holding a non-finite float; "error" with no values when
@@ -80,7 +110,7 @@ def read_device(master, unit, prof):
             return {}, "error", {}
         is_bit = fc <= modbus.FC_DISCRETE
         for p in points:
-            v = decode_point(p, data, is_bit)
+            v = decode_point(p, data, is_bit, exact)
             if type(v) is float and not _finite(v):
                 bad[p[0]] = "error"
             else:
