@@ -33,6 +33,15 @@ def main():
     wifi = cfg.get("wifi", {})
     if not hal.network_up(wifi.get("ssid"), wifi.get("password")):
         print("event=network_down ssid=%s" % wifi.get("ssid"))
+    elif hal.ESP32:
+        # Readings carry Unix time and certificates are checked against it: the RTC must be set
+        # before the first reading. A failure is retried by the next boot (the watchdog's).
+        try:
+            import ntptime
+
+            ntptime.settime()
+        except Exception as e:  # no NTP server reachable: keep going, times will be wrong
+            print("event=ntp_failed reason=%s" % node._q(repr(e)))
     try:
         agent = node.Node(cfg, storage)
     except identity.IdentityError as e:
