@@ -56,6 +56,10 @@ def add_parser(sub: Any) -> None:
     rx.add_argument("--tls-key", type=Path, help="client key for mutual TLS")
     rx.add_argument("--duration", type=float, help="stop after this many seconds")
     rx.add_argument("--stats", type=Path, help="write the counters as JSON to this file when stopping")
+    rx.add_argument("--receipt-key", type=Path,
+                    help="the IOC command key: publish signed receipts for verified sources (installers wait for them)")
+    rx.add_argument("--receipt-cert", type=Path, help="the IOC command certificate chain (PEM, leaf first)")
+    rx.add_argument("--receipt-key-passphrase-file", type=Path, help="file holding the command key's passphrase")
     rx.set_defaults(func=cmd_receive)
 
     vf = isub.add_parser("verify", help="check captured messages offline")
@@ -102,6 +106,34 @@ def build_opener(args: argparse.Namespace) -> Opener:
     if at is not None:
         return Opener(key, cert, root, crls=crls, max_bytes=args.max_bytes, clock=lambda: at)
     return Opener(key, cert, root, crls=crls, max_bytes=args.max_bytes)
+
+
+def _receipt_signer(args: argparse.Namespace) -> tuple[Any, list[Any]] | None:
+    if args.receipt_key is None and args.receipt_cert is None:
+        return None
+    if args.receipt_key is None or args.receipt_cert is None:
+        raise IocSetupError("--receipt-key and --receipt-cert go together")
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from pki.errors import PkiError
+    from pki.keys import load_certs, load_private_key
+
+    try:
+        pw = args.receipt_key_passphrase_file.read_bytes().strip() if args.receipt_key_passphrase_file else None
+        key = load_private_key(args.receipt_key, pw)
+        chain = load_certs(args.receipt_cert)
+    except (PkiError, OSError) as exc:
+        raise IocSetupError(str(exc)) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise IocSetupError(f"{args.receipt_key}: the command key must be P-256 or Ed25519")
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    def spki(k: Any) -> bytes:
+        return bytes(k.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+    if not chain or spki(chain[0].public_key()) != spki(key.public_key()):
+        raise IocSetupError(f"{args.receipt_cert}: its first certificate is not the one of {args.receipt_key}")
+    return key, chain
 
 
 def _sink(fmt: str, stream: TextIO) -> RecordSink:
@@ -164,6 +196,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         opener = build_opener(args)
         if not host or not port.isdigit():
             raise IocSetupError(f"--broker {args.broker!r}: expected HOST:PORT")
+        receipt_signer = _receipt_signer(args)
         store = open_store(args.store)
     except (IocSetupError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -172,12 +205,30 @@ def cmd_receive(args: argparse.Namespace) -> int:
         stack.callback(store.close)
         out: TextIO = sys.stdout if args.out == "-" else stack.enter_context(
             open(args.out, "a", encoding="utf-8", buffering=1))
-        pipeline = Pipeline(opener, store, _sink(args.format, out))
+        sink = _sink(args.format, out)
+        receipts = None
+        if receipt_signer is not None:
+            from ioc.receipting import ReceiptPublisher
+
+            receipts = ReceiptPublisher(sink, receipt_signer[0], receipt_signer[1], lambda t, d: publish(t, d),
+                                        prefix=args.prefix)
+            sink = receipts
+        pipeline = Pipeline(opener, store, sink)
         settings = ReceiverSettings(
             host=host, port=int(port), prefix=args.prefix, group=None if args.no_share else args.group,
             client_id=args.client_id, protocol=5 if args.mqtt == "5" else 4, tls=_tls(args),
         )
-        receiver = Receiver(settings, pipeline, on_idle=CrlWatcher(args.crl, opener))
+        crl_watch = CrlWatcher(args.crl, opener)
+
+        def idle() -> None:
+            crl_watch()
+            if receipts is not None:
+                receipts.flush()
+
+        receiver = Receiver(settings, pipeline, on_idle=idle)
+
+        def publish(topic: str, data: bytes) -> None:
+            receiver.client.publish(topic, data, qos=1, retain=True)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

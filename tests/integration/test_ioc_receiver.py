@@ -207,3 +207,50 @@ def test_revocation_takes_effect_without_restarting_the_receiver(mosquitto: Mosq
         assert json.loads((tmp_path / "rx-crl.stats.json").read_text())["rejected"] == {"revoked": 1}
     finally:
         g.close()
+
+
+def test_receiver_publishes_signed_receipts_an_installer_verifies(
+        mosquitto: Mosquitto, gateway: Gateway, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from ioc.receipts import ReceiptError, receipt_topic, verify_receipt
+    from pki.keys import load_cert
+
+    pki = testpki.shared_pki()
+    chain = tmp_path / "command-chain.pem"
+    chain.write_bytes(pki.ioc_command_cert.read_bytes() + pki.issuing_cert.read_bytes())
+    got: list[bytes] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"installer-{os.getpid()}")
+    sub.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe(receipt_topic(PREFIX, gateway.gw), qos=1)
+    sub.loop_start()
+    gateway.announce()
+    rx = receive(mosquitto, tmp_path, "rx-receipts", f"sqlite:{tmp_path / 'ioc.db'}", "--no-share",
+                 "--receipt-key", str(pki.ioc_command_key), "--receipt-cert", str(chain))
+    try:
+        payload, seqs = gateway.batch(4)
+        gateway.send(payload)
+        wait_for(lambda: bool(got), 20, "a receipt")
+        root = load_cert(pki.root_cert)
+        r = verify_receipt(got[-1], root, at=datetime.now(UTC))
+        assert r.source == gateway.gw and r.records == 4 and r.telemetry == 4 and r.seq_max == max(seqs)
+        assert r.cert_serial == f"{load_cert(testpki.device(gateway.gw).cert).serial_number:x}"
+        # A receipt names counts, never values: readings stay end-to-end encrypted.
+        assert b"229.7" not in got[-1] and b"voltage" not in got[-1]
+        # A forged one (the gateway signs it) is refused by the installer.
+        with pytest.raises(ReceiptError):
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            from ioc.receipts import make_receipt
+            from pki.keys import load_certs, load_private_key
+
+            key = load_private_key(testpki.device(gateway.gw).key)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            forged = make_receipt(key, load_certs(testpki.device(gateway.gw).chain), source=gateway.gw,
+                                  cert_serial="1", records=1, telemetry=1, seq_max=1, last_ts=0, now=time.time())
+            verify_receipt(forged, root, at=datetime.now(UTC))
+    finally:
+        stop(rx)
+        sub.loop_stop()
+        sub.disconnect()
