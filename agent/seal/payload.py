@@ -92,7 +92,8 @@ def encode(source: str, records: Sequence[StoredRecord], *, sent_ts: float) -> b
     """The CBOR plaintext of one uplink message carrying ``records`` (in the order given)."""
     if not source:
         raise PayloadError("source must not be empty")
-    t0 = min((r.ts for r in records), default=sent_ts)
+    # Whole milliseconds, as every record time is sent: the node (integer ms) writes the same bytes.
+    t0 = round(min((r.ts for r in records), default=sent_ts), 3)
     table = _KeyTable()
     recs = []
     for r in records:
