@@ -31,5 +31,16 @@ echo "== import rules"
 .venv/bin/lint-imports
 echo "== mypy"
 .venv/bin/mypy
+echo "== mypy (firmware vs ESP32 stubs)"
+# Into their own folder, not the venv: there they would shadow CPython's stdlib for the run
+# above. Reinstalled only when the pins change (stamp file), so a rerun costs nothing.
+esp32_stubs="micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2"
+if [ "$(cat .stubs/esp32/.pins 2>/dev/null)" != "$esp32_stubs" ]; then
+  rm -rf .stubs/esp32
+  # shellcheck disable=SC2086  # the pins are meant to split into separate arguments
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target .stubs/esp32 $esp32_stubs
+  echo "$esp32_stubs" > .stubs/esp32/.pins
+fi
+.venv/bin/mypy --config-file firmware/mypy.ini
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

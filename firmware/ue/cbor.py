@@ -295,8 +295,8 @@ def enc_map(buf, d):
         items.append((len(kb), bytes(kb), v))
     items.sort(key=lambda it: (it[0], it[1]))
     head(buf, 5, len(items))
-    for _, kb, v in items:
-        buf.extend(kb)
+    for _, kbytes, v in items:
+        buf.extend(kbytes)
         enc(buf, v)
 
 
@@ -387,12 +387,12 @@ def _decode(data, pos, depth):
             out.append(v)
         return out, pos
     if major == 5:
-        out = {}
+        m = {}
         for _ in range(n):
             k, pos = _decode(data, pos, depth + 1)
             v, pos = _decode(data, pos, depth + 1)
-            out[k] = v
-        return out, pos
+            m[k] = v
+        return m, pos
     v, pos = _decode(data, pos, depth + 1)
     if n == 4 and isinstance(v, list) and len(v) == 2:
         return Dec(v[1], v[0]), pos

@@ -268,8 +268,8 @@ def batch_payload(src, sent_ms, records):
     # needs only the indexes of its own keys, known once its record is indexed).
     t0 = None
     count = 0
-    index = {}
-    keys = []
+    index: "dict[str, int]" = {}
+    keys: "list[str]" = []
     size = _Counter()
     for seq, typ, device_id, ts_ms, body in records:
         if not isinstance(body, dict):
@@ -288,7 +288,7 @@ def batch_payload(src, sent_ms, records):
         cbor.enc_text(key_table, k)
     # The key strings were allocated between the garbage of pass 1, all over the heap: drop
     # them and collect before allocating the output, so it finds one free block.
-    index = keys = None
+    del index, keys
     gc.collect()
     t0_bits = cbor.float_ratio(t0, 1000)
     sent_bits = cbor.float_ratio(sent_ms, 1000)
@@ -305,7 +305,7 @@ def batch_payload(src, sent_ms, records):
     cbor.enc_text(buf, src)
     buf.extend(b"\x64keys")
     buf.extend(key_table.view())
-    key_table = None
+    del key_table
     buf.extend(b"\x64recs")
     cbor.head(buf, 4, count)
     # Pass 2: the records.

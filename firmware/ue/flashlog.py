@@ -27,6 +27,11 @@ import binascii
 import os
 import struct
 
+# mypy takes TYPE_CHECKING as true; the device, which has no typing module, never imports it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 _SEG_MAGIC = b"UEL1"
 _ACK_MAGIC = b"UEA1"
 _SEG_FMT = "<4sII"
@@ -75,7 +80,8 @@ class FlashLog:
         self.max_payload = (seg_size - _SEG_HDR) // 2 - _REC_HDR
         self._hdr = bytearray(_REC_HDR)
         self._buf = bytearray(_COPY_CHUNK)
-        self._wf = None
+        # The open tail segment (the stubs type open() as Any); None only while rolling.
+        self._wf: "Any" = None
         try:
             os.mkdir(dir)
         except OSError:
@@ -109,7 +115,7 @@ class FlashLog:
         self._wf.write(hdr)
         self._wf.write(payload)
         self._wf.flush()
-        self._next = seq + 1
+        self._next: int = seq + 1
         self._wend += _REC_HDR + n
         self._counts[prio] += 1
         return seq
@@ -117,7 +123,7 @@ class FlashLog:
     def peek(self, max_n, prio=None):
         """Up to max_n unacknowledged records as (seq, prio, payload): alarms first, then
         events, then telemetry; each class in seq order."""
-        out = []
+        out: "list[tuple[int, int, bytes]]" = []
         for p in range(_PRIOS):
             if (prio is not None and p != prio) or not self._counts[p] or len(out) >= max_n:
                 continue
@@ -270,7 +276,7 @@ class FlashLog:
 
         # Scan everything after the pointer: count, find the largest seq, cut torn tails.
         self._counts = [0, 0, 0]
-        self._seen = set()
+        self._seen: "set[int]" = set()
         top = hi
         for n in segs:
             start = poff if n == pseg else _SEG_HDR
@@ -288,7 +294,7 @@ class FlashLog:
         del self._seen
         self._next = top + 1
         last = segs[-1]
-        self._wend = _size(self._path(last))
+        self._wend: int = _size(self._path(last))
         self._wf = open(self._path(last), "ab")
 
     def _scan_valid(self, n, start):

@@ -4,10 +4,19 @@
 # module, so the same code runs on the chip and, in tests, under the unix port with a socat
 # pty standing in for the RS-485 transceiver. ESP32-only modules (machine, network) are
 # imported inside the functions that need them: the unix port has no such modules.
+#
+# Type-checked against the ESP32 stubs (firmware/mypy.ini treats ESP32 as always true, so
+# the unix branches are left to the tests that run them). Annotations cost nothing on the
+# device: MicroPython compiles them away without evaluating them, and `typing` is imported
+# only under TYPE_CHECKING, which mypy takes as true and the device as False.
 
 import os
 import sys
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 ESP32 = sys.platform == "esp32"
 
@@ -27,8 +36,9 @@ class Uart:
     # while we transmit, False to listen. It is switched back only after the last stop bit
     # left the UART, or the slave's answer would start while our driver still holds the bus.
 
-    def __init__(self, port, baudrate=9600, bits=8, parity=None, stop=1, tx=None, rx=None,
-                 direction=None):
+    def __init__(self, port: "int | str", baudrate: int = 9600, bits: int = 8, parity: "int | None" = None,
+                 stop: int = 1, tx: "int | None" = None, rx: "int | None" = None,
+                 direction: "Callable[[bool], None] | None" = None) -> None:
         self.baudrate = baudrate
         self.direction = direction
         self._one = bytearray(1)
@@ -37,13 +47,14 @@ class Uart:
         if ESP32:
             from machine import UART
 
-            kw = {"baudrate": baudrate, "bits": bits, "parity": parity, "stop": stop,
-                  "timeout": 0, "timeout_char": 0, "rxbuf": 512}
+            # Pins not given are left out: the ESP32 port raises on tx=None (the stubs allow it).
+            pins: "dict[str, int]" = {}
             if tx is not None:
-                kw["tx"] = tx
+                pins["tx"] = tx
             if rx is not None:
-                kw["rx"] = rx
-            self._dev = UART(port, **kw)
+                pins["rx"] = rx
+            self._dev = UART(port, baudrate=baudrate, bits=bits, parity=parity, stop=stop,
+                             timeout=0, timeout_char=0, rxbuf=512, **pins)
             self._poll = None
         else:
             import select
@@ -115,13 +126,13 @@ class Uart:
             self._dev.close()
 
 
-def direction_pin(pin_no, active_high=True):
+def direction_pin(pin_no: int, active_high: bool = True) -> "Callable[[bool], None]":
     # A DE/RE callable for Uart(direction=...) on a GPIO (ESP32 only).
     from machine import Pin
 
     pin = Pin(pin_no, Pin.OUT, value=0 if active_high else 1)
 
-    def drive(transmit):
+    def drive(transmit: bool) -> None:
         pin.value(1 if transmit == active_high else 0)
 
     return drive
@@ -130,7 +141,7 @@ def direction_pin(pin_no, active_high=True):
 class Watchdog:
     # machine.WDT on the ESP32 (cannot be stopped once started); nothing on unix.
 
-    def __init__(self, timeout_ms=30000):
+    def __init__(self, timeout_ms: int = 30000) -> None:
         self._wdt = None
         if ESP32:
             from machine import WDT
@@ -154,7 +165,7 @@ def ticks_add(t, delta):
     return time.ticks_add(t, delta)
 
 
-def sleep_ms(ms):
+def sleep_ms(ms: int) -> None:
     time.sleep_ms(ms)
 
 
@@ -166,7 +177,7 @@ def wall_time():
     return t
 
 
-def storage_dir():
+def storage_dir() -> str:
     # Where the flash log and keys live: the littlefs root on the chip; $UE_STORAGE (or the
     # current directory) on unix, so each test gets its own.
     if ESP32:
@@ -174,7 +185,7 @@ def storage_dir():
     return os.getenv("UE_STORAGE") or "."
 
 
-def ensure_dir(path):
+def ensure_dir(path: str) -> str:
     try:
         os.mkdir(path)
     except OSError:
@@ -182,7 +193,7 @@ def ensure_dir(path):
     return path
 
 
-def network_up(ssid=None, password=None, timeout_ms=20000):
+def network_up(ssid: "str | None" = None, password: "str | None" = None, timeout_ms: int = 20000) -> bool:
     # Bring the station interface up; True once it has an address. Unix: the host's network.
     if not ESP32:
         return True
