@@ -175,6 +175,7 @@ class Node:
         self.max_wait_ms = int(b.get("max_wait_s", 60) * 1000)
         self.wdt = hal.Watchdog(120000)
         self.wake = asyncio.Event()
+        self.eph = cose.EphemeralCache()
         self.devices = []
         for dev in cfg["devices"]:
             prof = sensors.profile(dev["profile"])
@@ -318,7 +319,7 @@ class Node:
     async def send_one(self, prio, peeked):
         ident = self.identity
         payload = cose.batch_payload(self.src, wall_ms(), _Batch(peeked))
-        sealed = cose.seal(payload, ident.d, ident.x5t, ident.recipient_xy, ident.recipient_kid)
+        sealed = cose.seal(payload, ident.d, ident.x5t, ident.recipient_xy, ident.recipient_kid, self.eph)
         payload = None
         await self.client.publish(self.topics[prio], sealed)
         sealed = None
