@@ -25,12 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     from drivers.sim import cli as sim_cli
     from ioc import cli as ioc_cli
     from pki import cli as pki_cli
+    from provisioning import cli as provision_cli
 
     commands.add_parsers(sub)
     demo.add_parser(sub)
     sim_cli.add_parser(sub)
     pki_cli.add_parser(sub)
     ioc_cli.add_parser(sub)
+    provision_cli.add_parser(sub)
     return parser
 
 
