@@ -12,14 +12,16 @@
 # Liveness: a supervisor task owns the connection. It connects (TCP, TLS, CONNECT/CONNACK under
 # one timeout), then runs a reader and a keepalive task. Keepalive pings when nothing was sent
 # or received for keepalive/2 and declares the link dead when a ping goes unanswered for another
-# keepalive/2: a frozen broker or a silently dead path is detected even while the caller keeps
-# publishing (publishing alone proves nothing, only what comes back does). After a drop it
-# reconnects with jittered exponential backoff; the backoff only resets once a connection has
-# stayed up longer than backoff_max, so a broker that accepts and then kicks us is not hammered.
+# keepalive/2, so a silent broker is noticed one keepalive after it last spoke (the broker itself
+# allows 1.5 x keepalive): a frozen broker or a silently dead path is detected even while the
+# caller keeps publishing (publishing alone proves nothing, only what comes back does). After a
+# drop it reconnects with jittered exponential backoff; the backoff only resets once a connection
+# has stayed up longer than backoff_max, so a broker that accepts and then kicks us is not hammered.
 #
 # Memory: packet headers are built in one reusable buffer; the payload is written straight from
-# the caller's buffer (never copied into a packet); incoming packets are read into a fixed
-# buffer; in-flight slots are preallocated (bounded window, no per-publish Event).
+# the caller's buffer to the socket (never copied into a packet, nor into asyncio's Stream
+# buffer: see _send_all); incoming packets are read into a fixed buffer; in-flight slots are
+# preallocated (bounded window, no per-publish Event).
 
 import asyncio
 import os
@@ -73,14 +75,21 @@ def describe(exc):
     if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int):
         code = exc.args[0]
         if code < 0:
-            return "tls error -0x%04x" % -code
+            # The port's ssl passes mbedTLS's own name along when it was built with it.
+            name = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else "tls error"
+            return "%s -0x%04x" % (_one_line(name), -code)
         return _ERRNO.get(code, "errno %d" % code)
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, EOFError):
         return "connection closed by peer"
-    msg = str(exc).strip()
+    msg = _one_line(str(exc))
     return "%s: %s" % (type(exc).__name__, msg) if msg else type(exc).__name__
+
+
+def _one_line(text):
+    # mbedTLS certificate errors come as several "\n"-separated lines; a log line must stay one.
+    return " ".join(text.split())
 
 
 def tls_context(ca_der, cert_file=None, key_file=None):
@@ -102,7 +111,7 @@ def _log_print(line):
 
 def _q(text):
     # Quote a free-text log value so the line stays key=value parseable.
-    return '"' + text.replace('"', "'") + '"'
+    return '"' + _one_line(text).replace('"', "'") + '"'
 
 
 def _encode_len(buf, pos, n):
@@ -120,6 +129,30 @@ def _encode_len(buf, pos, n):
 
 def _as_bytes(s):
     return s.encode() if isinstance(s, str) else s
+
+
+def _send_all(sock, *bufs):
+    # Writes bufs to the non-blocking (TLS) socket in order, waiting for room as needed. A plain
+    # generator that yields to asyncio's IO queue, as asyncio's own stream code does: awaitable,
+    # and it never copies the caller's bytes.
+    # Why not Stream.write + drain:
+    # - Stream.write copies whatever the socket does not take at once into a new bytes object:
+    #   with a full send buffer that is the whole payload, an allocation the heap of a node with
+    #   several publishes in flight cannot always make (MemoryError, half a packet sent).
+    # - When the socket is full mbedTLS keeps the record it built pending and must be called
+    #   again with the same bytes. Stream.write appends the next buffer to the pending one
+    #   instead, and mbedTLS's retry then flushes the old record yet reports the longer buffer
+    #   as written: the broker reads payload bytes as packets (seen with an ESP32-sized send
+    #   buffer: "protocol error", "multiple CONNECT"). Here a retry is always the same bytes.
+    for buf in bufs:
+        mv = memoryview(buf)
+        off = 0
+        while off < len(mv):
+            n = sock.write(mv[off:])
+            if n is None:  # would block
+                yield asyncio.core._io_queue.queue_write(sock)
+            else:
+                off += n
 
 
 class MQTTClient:
@@ -188,6 +221,7 @@ class MQTTClient:
         self._last_rx = 0
         self._last_tx = 0
         self._ping_at = None  # ticks of the unanswered PINGREQ, if any
+        self._stage = ""  # what a connection attempt is doing, for the failure reason
         self._task = None
         self._closed = False
 
@@ -245,6 +279,10 @@ class MQTTClient:
                 await self._send_publish(topic, payload, retain, pid)
             except (OSError, asyncio.TimeoutError) as e:
                 self._drop("write failed: " + describe(e), gen)
+            except MemoryError:
+                # Part of the packet may be out: the stream cannot carry another one.
+                self._drop("write failed: out of memory", gen)
+                raise
             while self._state[i] == _WAITING:
                 await self._ack.wait()
             if self._state[i] != _ACKED:
@@ -261,8 +299,7 @@ class MQTTClient:
         if w is not None:
             try:
                 async with self._wlock:
-                    w.write(b"\xe0\x00")
-                    await asyncio.wait_for_ms(w.drain(), 2000)
+                    await asyncio.wait_for_ms(_send_all(w.s, b"\xe0\x00"), 2000)
             except (OSError, asyncio.TimeoutError):
                 pass
         self._drop("disconnect", self._gen)
@@ -344,9 +381,12 @@ class MQTTClient:
             reader = asyncio.create_task(self._reader(gen))
             pinger = asyncio.create_task(self._pinger(gen))
             self._up.set()
-            await self._down.wait()
-            reader.cancel()
-            pinger.cancel()
+            try:
+                await self._down.wait()
+            finally:
+                # Also when disconnect() cancels us: neither may outlive the link.
+                reader.cancel()
+                pinger.cancel()
             if self._closed:
                 break
             if ticks_diff(ticks_ms(), up_at) > self._bo_max:
@@ -358,16 +398,25 @@ class MQTTClient:
 
     def _explain(self, e):
         reason = describe(e)
-        if (self._tls is not None and isinstance(e, (OSError, EOFError))
-                and not isinstance(e, asyncio.TimeoutError)):
-            code = e.args[0] if isinstance(e, OSError) and e.args else None
-            if code in (32, 104) or isinstance(e, EOFError) or (isinstance(code, int) and code < 0):
-                # mbedTLS sees only a closed socket when the broker rejects our certificate.
-                reason += " during TLS/CONNECT (broker refused the handshake: client certificate?)"
+        if isinstance(e, asyncio.TimeoutError):
+            return "%s (%s)" % (reason, self._stage)
+        if self._tls is None or self._stage != "TLS handshake":
+            return reason
+        if isinstance(e, ValueError):
+            # mbedTLS's verdict on the broker's certificate (not signed by our CA, expired, ...).
+            return "TLS handshake: broker certificate rejected: " + reason
+        code = e.args[0] if isinstance(e, OSError) and e.args else None
+        if isinstance(e, EOFError) or code in (32, 104) or (isinstance(code, int) and code < 0):
+            # With TLS 1.2 the broker checks our certificate before its Finished, so our first
+            # write (which drives the handshake) fails; mbedTLS sees an alert or a closed socket.
+            # (A refused TCP connect also fails that first write, but as ECONNREFUSED: no hint.)
+            return ("TLS handshake refused by the broker (client certificate missing, expired or "
+                    "not issued by its CA?): " + reason)
         return reason
 
     async def _connect(self):
         self._gen += 1
+        self._stage = "TCP connect"
         if self._tls is not None:
             r, w = await asyncio.open_connection(self.host, self.port, ssl=self._tls,
                                                  server_hostname=self._sni)
@@ -375,7 +424,11 @@ class MQTTClient:
             r, w = await asyncio.open_connection(self.host, self.port)
         self._r, self._w = r, w
         self._ping_at = None
+        # The handshake is not done by open_connection: the first write drives it, and that
+        # write (the CONNECT) only completes once the broker has accepted our certificate.
+        self._stage = "TLS handshake" if self._tls is not None else "CONNECT"
         await self._send_connect(w)
+        self._stage = "waiting for CONNACK"
         self._rp = self._re = 0
         kind, n = await self._read_header(r)
         if kind != 0x20 or n != 2:
@@ -392,8 +445,11 @@ class MQTTClient:
         w = self._w
         self._w = self._r = None
         if w is not None:
+            # This asyncio's Stream.close() does nothing (only wait_closed() closes): close the
+            # socket itself, or every dropped link would keep its descriptor (and, on the
+            # broker, a session) open. Tasks still waiting on it wake with an error.
             try:
-                w.close()
+                w.s.close()
             except OSError:
                 pass
 
@@ -414,17 +470,18 @@ class MQTTClient:
         self._ack.clear()
         if not self._closed:
             self.last_error = reason
-            self._log("event=mqtt_connection_lost reason=%s inflight_lost=%d" % (_q(reason), lost))
+            self._log("event=mqtt_connection_lost reason=%s inflight_lost=%d silent_ms=%d"
+                      % (_q(reason), lost, ticks_diff(ticks_ms(), self._last_rx)))
         self._down.set()
 
     # -- writing ------------------------------------------------------------------------
 
-    async def _write(self, w, *parts):
+    async def _write(self, w, data):
         async with self._wlock:
-            for p in parts:
-                w.write(p)
+            if w is not self._w:
+                raise OSError(32)  # the link this was meant for is gone
             # A frozen peer lets the socket buffer fill: bound the wait, the pinger decides.
-            await asyncio.wait_for_ms(w.drain(), self._ka_ms)
+            await asyncio.wait_for_ms(_send_all(w.s, data), self._ka_ms)
         self._last_tx = ticks_ms()
 
     async def _send_connect(self, w):
@@ -471,6 +528,8 @@ class MQTTClient:
         tx = self._tx
         mv = self._txmv
         async with self._wlock:
+            if w is not self._w:
+                raise OSError(32)  # dropped (and maybe reconnected) while we waited for the lock
             # The shared packet buffer is only touched while holding the write lock.
             tx[0] = 0x32 | (1 if retain else 0)  # PUBLISH, QoS 1
             p = _encode_len(tx, 1, 2 + len(topic) + 2 + len(payload))
@@ -484,11 +543,10 @@ class MQTTClient:
                 # One write, one TLS record: a header write followed by a payload write would
                 # sit in Nagle's algorithm waiting for the broker's delayed ACK (~40 ms each).
                 tx[p:p + len(payload)] = payload
-                w.write(mv[:p + len(payload)])
+                send = _send_all(w.s, mv[:p + len(payload)])
             else:
-                w.write(mv[:p])
-                w.write(payload)
-            await asyncio.wait_for_ms(w.drain(), self._ka_ms)
+                send = _send_all(w.s, mv[:p], payload)
+            await asyncio.wait_for_ms(send, self._ka_ms)
         self._last_tx = ticks_ms()
 
     # -- reading ------------------------------------------------------------------------
@@ -564,11 +622,11 @@ class MQTTClient:
                     await self._need(r, n)
                     p = self._rp
                     tl = (rx[p] << 8) | rx[p + 1]
-                    pid = bytes(rx[p + 2 + tl:p + 4 + tl])
+                    puback = b"\x40\x02" + bytes(rx[p + 2 + tl:p + 4 + tl])
                     self._rp += n
                     w = self._w
                     if w is not None:
-                        await self._write(w, b"\x40\x02", pid)
+                        await self._write(w, puback)
                 else:  # PINGRESP, or anything we do not use
                     await self._skip(r, n)
                 self._last_rx = ticks_ms()
@@ -579,20 +637,31 @@ class MQTTClient:
             self._drop("read failed: " + describe(e), gen)
 
     async def _pinger(self, gen):
-        ka = self._ka_ms
-        half = ka >> 1
-        step = ka >> 2
+        half = self._ka_ms >> 1
         try:
             while gen == self._gen and self._w is not None:
-                await asyncio.sleep_ms(step)
+                # Sleep exactly until the next deadline (not in fixed steps, which would add up
+                # to a step to each of the two waits): a silent broker is declared dead one
+                # keepalive after it last spoke, well inside the broker's own 1.5 x keepalive.
                 now = ticks_ms()
                 if self._ping_at is not None:
-                    if ticks_diff(now, self._ping_at) >= half:
-                        self._drop("no PINGRESP within keepalive", gen)
+                    waited = ticks_diff(now, self._ping_at)
+                    if waited >= half:
+                        self._drop("no PINGRESP within %d ms (keepalive %d s)" % (waited, self._keepalive), gen)
                         return
-                elif ticks_diff(now, self._last_rx) >= half or ticks_diff(now, self._last_tx) >= half:
-                    self._ping_at = now
-                    await self._write(self._w, b"\xc0\x00")
+                    wait = half - waited
+                else:
+                    wait = half - max(ticks_diff(now, self._last_rx), ticks_diff(now, self._last_tx))
+                    if wait <= 0:
+                        self._ping_at = now
+                        try:
+                            # The write lock may be held by a publish stuck on a full socket.
+                            await asyncio.wait_for_ms(self._write(self._w, b"\xc0\x00"), half)
+                        except asyncio.TimeoutError:
+                            self._drop("no PINGRESP: PINGREQ not written within %d ms" % half, gen)
+                            return
+                        continue
+                await asyncio.sleep_ms(wait)
         except asyncio.CancelledError:
             raise
         except (OSError, asyncio.TimeoutError) as e:

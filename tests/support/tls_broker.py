@@ -3,6 +3,10 @@ with a plain listener (for test subscribers) and a mutual-TLS listener (``requir
 
 Client material is written both as PEM (for CPython/paho) and DER (what MicroPython's mbedTLS
 ``ssl`` loads: ``load_verify_locations(cadata=DER)`` and ``load_cert_chain(DER, DER)``).
+
+``Relay`` is a plain TCP relay to put in front of the TLS listener: it can hold back what the
+broker sends (what does a client do before the reply arrives?) and pace what the client sends
+(a slow uplink), without seeing into the TLS.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,12 +140,22 @@ class TlsBroker:
     def stop(self) -> None:
         self.broker.stop()
 
+    @property
+    def log_path(self) -> Path:
+        return self.broker.workdir / "mosquitto.log"
 
-def tls_broker_conf(tls: TlsMaterial, tls_port: int) -> str:
-    """Mosquitto config lines for a mutual-TLS listener on 127.0.0.1:``tls_port``."""
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def tls_broker_conf(tls: TlsMaterial, tls_port: int, *, user_line: bool = True) -> str:
+    """Mosquitto config lines for a mutual-TLS listener on 127.0.0.1:``tls_port``.
+
+    ``user_line=False`` leaves out ``user root`` for a broker whose config has it already
+    (``Mosquitto(persistence=True)`` writes it; mosquitto refuses a duplicate)."""
     return (
         # As root mosquitto drops to user "mosquitto", who cannot read keys in our temp dir.
-        ("user root\n" if os.geteuid() == 0 else "")
+        ("user root\n" if user_line and os.geteuid() == 0 else "")
         + f"listener {tls_port} 127.0.0.1\n"
         f"cafile {tls.ca_pem}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
         "require_certificate true\ntls_version tlsv1.2\n"
@@ -146,11 +163,15 @@ def tls_broker_conf(tls: TlsMaterial, tls_port: int) -> str:
 
 
 @contextmanager
-def tls_broker(folder: Path) -> Iterator[TlsBroker]:
-    """A started broker with a plain and a mutual-TLS listener; stopped on exit."""
+def tls_broker(folder: Path, *, persistence: bool = False, extra_conf: str = "") -> Iterator[TlsBroker]:
+    """A started broker with a plain and a mutual-TLS listener; stopped on exit.
+
+    ``persistence``: sessions survive a restart (see ``Mosquitto``); ``extra_conf``: more
+    global config lines (e.g. ``log_type all`` to see PINGREQ/PINGRESP in the broker's log)."""
     tls = make_tls_material(folder / "pki")
     tls_port = free_port()
-    broker = Mosquitto(folder / "broker", extra_conf=tls_broker_conf(tls, tls_port))
+    conf = tls_broker_conf(tls, tls_port, user_line=not persistence) + extra_conf
+    broker = Mosquitto(folder / "broker", persistence=persistence, extra_conf=conf)
     broker.workdir.mkdir(parents=True, exist_ok=True)
     tb = TlsBroker(broker, tls_port, tls)
     tb.start()
@@ -158,3 +179,108 @@ def tls_broker(folder: Path) -> Iterator[TlsBroker]:
         yield tb
     finally:
         tb.stop()
+
+
+class Relay:
+    """A TCP relay from a free loopback port to ``host:target_port``, one pair of threads per
+    connection. ``hold()`` keeps back every byte the target sends until ``release()`` (counted in
+    ``held_bytes``); ``pace=(chunk, pause_s)`` forwards the client's bytes ``chunk`` at a time
+    with a pause after each, and ``rcvbuf`` shrinks the relay's receive buffer so the client's
+    own send buffer fills: a slow uplink."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1", *,
+                 pace: tuple[int, float] | None = None, rcvbuf: int | None = None) -> None:
+        self.host = host
+        self.target_port = target_port
+        self.pace = pace
+        self.held_bytes = 0
+        self.connections = 0
+        self._pass = threading.Event()
+        self._pass.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf is not None:
+            # Set before listen() so accepted sockets inherit it (the window is sized at SYN).
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self._listener.bind((host, 0))
+        self._listener.listen(8)
+        self.port = int(self._listener.getsockname()[1])
+        self._spawn(self._accept)
+
+    def hold(self) -> None:
+        self._pass.clear()
+
+    def release(self) -> None:
+        self._pass.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._pass.set()
+        _shut(self._listener)  # shutdown() is what wakes a thread blocked in accept()
+        with self._lock:
+            socks, threads = list(self._socks), list(self._threads)
+        for s in socks:
+            _shut(s)
+        for t in threads:
+            t.join(5)
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(t)
+        t.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection((self.host, self.target_port), timeout=5)
+            except OSError:
+                _shut(client)  # target down: the client sees the refusal as a close
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._socks += [client, upstream]
+                self.connections += 1
+            self._spawn(self._pump_up, client, upstream)
+            self._spawn(self._pump_down, upstream, client)
+
+    def _pump_up(self, src: socket.socket, dst: socket.socket) -> None:
+        chunk, pause = self.pace if self.pace is not None else (65536, 0.0)
+        try:
+            while data := src.recv(chunk):
+                dst.sendall(data)
+                if pause:
+                    time.sleep(pause)
+        except OSError:
+            pass
+        _shut(src)
+        _shut(dst)
+
+    def _pump_down(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if not self._pass.is_set():
+                    with self._lock:
+                        self.held_bytes += len(data)
+                    self._pass.wait()
+                if self._closed.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        _shut(src)
+        _shut(dst)
+
+
+def _shut(s: socket.socket) -> None:
+    with suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    s.close()
