@@ -2,34 +2,59 @@
 # on the unix port: `micropython firmware/main.py` with UE_STORAGE naming the storage folder).
 #
 # storage/node.json        configuration (docs/firmware.md)
-# storage/id/              identity (ue/identity.py): key made here on first boot
+# storage/id/              identity (ue/identity.py): key made by provisioning, on the node
 # storage/log/             flash log
 #
-# Exit codes (unix port): 2 bad configuration, 3 not provisioned yet (the key and the
-# certificate request were made and are waiting to be certified).
+# A node without a certificate (a blank one included), or one whose technician asks for it
+# (hal.provisioning_requested: BOOT held after reset; UE_PROVISION=1 on unix), starts in
+# provisioning mode: it answers the laptop's requests on the console (ue/provision.py,
+# docs/provisioning-protocol.md) until `reboot`, then starts again (ESP32: machine.reset();
+# unix: in this process, into normal mode once it has its certificate).
+#
+# Exit codes (unix port): 2 bad configuration or identity, 3 the console closed while in
+# provisioning mode (no `reboot` came).
 
+import os
 import sys
 
 from ue import hal, identity, node
 
 
-def main():
-    storage = hal.ensure_dir(hal.storage_dir())
+def _has_cert(id_dir):
+    try:
+        os.stat(id_dir + "/" + identity.CERT_FILE)
+        return True
+    except OSError:
+        return False
+
+
+def provisioning(storage, why):
+    # -> True when the laptop sent `reboot`, False when the console closed first.
+    print("event=provisioning_mode reason=%s" % why)
+    from ue import provision
+
+    rd, wr = provision.console()
+    how = provision.serve(storage, rd, wr)
+    if how != "reboot":
+        try:
+            print("event=provisioning_ended reason=%s" % how)
+        except OSError:
+            pass  # the console is what went away
+        return False
+    if hal.ESP32:
+        import machine
+
+        hal.sleep_ms(200)  # let the answer leave the USB-serial bridge before the reset
+        machine.reset()
+    return True
+
+
+def run(storage, id_dir):
     try:
         cfg = node.load_config(storage + "/node.json")
     except node.ConfigError as e:
         print("event=config_invalid problem=%s" % node._q(e))
         return 2
-    id_dir = hal.ensure_dir(storage + "/id")
-    d, pub = identity.load_or_create_key(id_dir)
-    try:
-        with open(id_dir + "/" + identity.CERT_FILE, "rb"):
-            pass
-    except OSError:
-        identity.write_csr(id_dir, d, pub, cfg["node_id"], cfg.get("serial"))
-        print("event=node_unprovisioned csr=%s/%s" % (id_dir, identity.CSR_FILE))
-        return 3
-    d = pub = None
     wifi = cfg.get("wifi", {})
     if not hal.network_up(wifi.get("ssid"), wifi.get("password")):
         print("event=network_down ssid=%s" % wifi.get("ssid"))
@@ -51,6 +76,20 @@ def main():
 
     asyncio.run(agent.run())
     return 0
+
+
+def main():
+    storage = hal.ensure_dir(hal.storage_dir())
+    id_dir = hal.ensure_dir(storage + "/id")
+    requested = hal.provisioning_requested()
+    while requested or not _has_cert(id_dir):
+        if not provisioning(storage, "requested" if requested else "no_certificate"):
+            return 3
+        requested = False  # asked for once, at boot; a node still without a certificate asks again
+        import gc
+
+        gc.collect()
+    return run(storage, id_dir)
 
 
 if __name__ == "__main__":

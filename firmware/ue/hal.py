@@ -212,3 +212,29 @@ def network_up(ssid: "str | None" = None, password: "str | None" = None, timeout
             return False
         time.sleep_ms(100)
     return True
+
+
+def provisioning_requested(window_ms: int = 2000) -> bool:
+    # Whether the technician asked for provisioning mode at this boot (a node without a
+    # certificate enters it anyway). Unix port: UE_PROVISION=1.
+    #
+    # ESP32: the BOOT button (GPIO0, pulled up, low while pressed) held during the first
+    # window_ms after boot. Not while the chip comes out of reset: GPIO0 is a strapping pin,
+    # and low at that moment starts the ROM's serial downloader instead of MicroPython. So:
+    # press and release EN (reset), then hold BOOT for a second.
+    if not ESP32:
+        return os.getenv("UE_PROVISION") == "1"
+    import machine
+
+    if machine.reset_cause() in (machine.WDT_RESET, machine.DEEPSLEEP_RESET):
+        return False  # nobody pressed anything: do not delay the node's recovery
+    pin = machine.Pin(0, machine.Pin.IN, machine.Pin.PULL_UP)
+    deadline = time.ticks_add(time.ticks_ms(), window_ms)
+    low = 0
+    while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        # 50 ms low in a row: a press, not a glitch on the line
+        low = low + 1 if pin.value() == 0 else 0
+        if low >= 5:
+            return True
+        time.sleep_ms(10)
+    return False

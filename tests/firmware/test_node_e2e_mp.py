@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pki.profiles import end_entity_profile
 from pki.throwaway import ThrowawayPki
+from tests.provisioning.node_on_pty import provision_over, start_node
 from tests.support import testpki
 from tests.support.micropython import FIRMWARE, micropython_exe, mp_env, run_mp
 from tests.support.mosquitto import Mosquitto
@@ -89,11 +88,6 @@ class Rig:
     @property
     def node_log(self) -> Path:
         return self.tmp / "node.log"
-
-    def run_main_once(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(micropython_exe()), "-X", f"heapsize={_node_heap()}", str(FIRMWARE / "main.py")],
-                              env={**mp_env(), "UE_STORAGE": str(self.storage)}, capture_output=True,
-                              text=True, timeout=60, check=False)
 
     def start_node(self) -> None:
         out = open(self.node_log, "ab")  # noqa: SIM115 - handed to the child
@@ -159,12 +153,6 @@ def _node_json(rig_port: int, tty: Path, *, interval_s: float, max_records: int,
     })
 
 
-def _issue_from_csr(pki: ThrowawayPki, csr_der: bytes) -> x509.Certificate:
-    csr = x509.load_der_x509_csr(csr_der)
-    assert pki._issuing is not None
-    return pki._issuing.issue(csr, end_entity_profile("node"), now=datetime.now(UTC))
-
-
 def _client_ca_bundle(pki: ThrowawayPki, folder: Path) -> Path:
     bundle = folder / "clients-ca.pem"
     bundle.write_bytes(pki.issuing_cert.read_bytes() + pki.root_cert.read_bytes())
@@ -181,24 +169,28 @@ def _broker_conf(tls: TlsMaterial, client_ca: Path, tls_port: int) -> str:
 
 def provision(rig: Rig, tls: TlsMaterial, *, interval_s: float = 0.5, max_records: int = 15,
               max_wait_s: float = 1.0) -> x509.Certificate:
-    """What the technician's tool does: config in, CSR out, certificate in."""
-    (rig.storage / "node.json").write_text(_node_json(rig.tls_port, rig.pty.b, interval_s=interval_s,
-                                                      max_records=max_records, max_wait_s=max_wait_s))
-    first = rig.run_main_once()
-    assert first.returncode == 3, first.stdout + first.stderr
-    assert "event=node_unprovisioned" in first.stdout
+    """What the technician's tool does, over the node's console (a socat pty standing in for the
+    USB cable, the real protocol through NodeLink): config in, the node's own CSR out,
+    certificate, chain, IOC and broker CA in. Then the cable comes out (the node leaves
+    provisioning mode) and the tests start it as a powered-up node: without `reboot` here, so no
+    record is sent before the test's IOC receiver is listening."""
+    cfg = json.loads(_node_json(rig.tls_port, rig.pty.b, interval_s=interval_s, max_records=max_records,
+                                max_wait_s=max_wait_s))
+    node = start_node(rig.tmp, rig.storage, heap=_node_heap(), name="usb")
+    try:
+        with node.link() as link:
+            assert link.request("hello")["has_cert"] is False
+            cert, got = provision_over(link, cfg, broker_ca_der=tls.ca_der.read_bytes())
+        node.unplug()
+        assert node.wait_exit(30) == 3, node.stderr_text()
+    finally:
+        node.stop()
     ident = rig.storage / "id"
-    csr_der = (ident / "node.csr").read_bytes()
+    assert (ident / "node.crt").read_bytes() == cert.public_bytes(serialization.Encoding.DER)
     subprocess.run(["openssl", "req", "-inform", "DER", "-in", str(ident / "node.csr"), "-verify", "-noout"],
                    check=True, capture_output=True)
-    cert = _issue_from_csr(rig.pki, csr_der)
-    issuing = x509.load_pem_x509_certificate(rig.pki.issuing_cert.read_bytes())
-    ioc = x509.load_pem_x509_certificate(rig.pki.ioc_recipient_cert.read_bytes())
-    der = serialization.Encoding.DER
-    (ident / "node.crt").write_bytes(cert.public_bytes(der))
-    (ident / "chain.der").write_bytes(issuing.public_bytes(der))
-    (ident / "ioc.crt").write_bytes(ioc.public_bytes(der))
-    (ident / "broker-ca.der").write_bytes(tls.ca_der.read_bytes())
+    assert got["public_key_hex"] == cert.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:].hex()
     return cert
 
 
