@@ -7,6 +7,10 @@ naming the file and the problem; 1 an unexpected runtime failure.
 CA passphrases come from ``--passphrase-file FILE`` or ``UE_CA_PASSPHRASE`` (the root's, for
 ``issue-ca``, from ``--root-passphrase-file`` or ``UE_ROOT_PASSPHRASE``, else the same as the
 new CA's), never from the command line, where any user could read it in the process list.
+
+Enrolment (``pki/enroll``): ``serve`` runs the issuing CA's EST service; ``token create|list|
+revoke`` manage one-time enrolment tokens; ``issue --token`` is the offline path, with the
+same checks as EST ``simpleenroll``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ from pki import show as show_mod
 from pki.castore import CRL_FILE, KEY_FILE, REASONS, CaDir, parse_serial
 from pki.errors import CertFileError, FileProblem, PkiError
 from pki.keys import KEY_TYPES, cert_pem, load_cert, load_csr, read_input, write_public_file
-from pki.profiles import END_ENTITY_PROFILES, ISSUING_CA, ROOT, SubjectFields, end_entity_profile, name_text
+from pki.profiles import (
+    END_ENTITY_PROFILES,
+    ISSUING_CA,
+    ROOT,
+    SubjectFields,
+    end_entity_profile,
+    name_text,
+)
 from pki.request import create_request
 from pki.show import serial_hex
 
@@ -42,8 +53,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     """Add ``pki`` and its subcommands to ``sub``; each sets ``func`` (returns an exit code)."""
     pki = sub.add_parser("pki", help="provincial PKI: root and issuing CAs, device certificates, CRLs",
                          description="Provincial PKI: root CA, issuing CAs, device and IOC certificates, CRLs.")
-    pki.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                     help="level of the audit log on stderr (info: every CA operation; default warning)")
+    pki.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     help="level of the audit log on stderr (info: every CA operation; default warning, "
+                          "info for serve)")
     cmds = pki.add_subparsers(dest="pki_command", metavar="ACTION", required=True)
 
     p = cmds.add_parser("init-root", help="create the provincial root CA (keep it offline)")
@@ -79,13 +91,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     _passphrase_arg(p, KEY_PASS_ENV, "encrypt the key with this passphrase (optional)")
     p.set_defaults(func=cmd_request)
 
-    p = cmds.add_parser("issue", help="sign a CSR with a profile")
+    p = cmds.add_parser("issue", help="sign a CSR with a profile (or as an enrolment token allows)")
     p.add_argument("--ca-dir", required=True, type=Path, help="the issuing CA directory")
     p.add_argument("--csr", required=True, type=Path)
-    p.add_argument("--profile", required=True, choices=list(END_ENTITY_PROFILES))
+    p.add_argument("--profile", choices=list(END_ENTITY_PROFILES),
+                   help="required unless --token is given (the token then names it)")
     p.add_argument("--out", required=True, type=Path, help="certificate file to write (PEM)")
     p.add_argument("--chain-out", type=Path, help="also write certificate + issuing CA (PEM bundle)")
     p.add_argument("--days", type=int, help="validity (default: the profile's)")
+    p.add_argument("--token", help="offline enrolment: consume this one-time token, with the checks of EST "
+                                   "simpleenroll (device, serial, site, no CA rights)")
+    _tokens_arg(p)
     _passphrase_arg(p, CA_PASS_ENV, "the CA key's passphrase")
     p.set_defaults(func=cmd_issue)
 
@@ -108,7 +124,50 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="one JSON array of objects")
     p.set_defaults(func=cmd_show)
+
+    p = cmds.add_parser("serve", help="run the issuing CA's EST enrolment service (HTTPS)",
+                        description="EST (RFC 7030) at https://HOST:PORT/.well-known/est: cacerts, simpleenroll "
+                                    "(device id + one-time token), simplereenroll (current certificate). "
+                                    "Stops on SIGTERM or SIGINT.")
+    p.add_argument("--ca-dir", required=True, type=Path, help="the issuing CA directory")
+    p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default 127.0.0.1:8443; port 0: any free)")
+    p.add_argument("--server-name", help="host name or IPv4 address clients use (the self-issued TLS "
+                                         "certificate's SAN and the printed URL; default: the listen host)")
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate chain to use instead of a self-issued one")
+    p.add_argument("--tls-key", type=Path, help="its private key (unencrypted, or $UE_KEY_PASSPHRASE)")
+    p.add_argument("--root", type=Path, help="the provincial root certificate (default: CA_DIR/root.pem, else the "
+                                             "root CA directory beside CA_DIR)")
+    _tokens_arg(p)
+    _passphrase_arg(p, CA_PASS_ENV, "the CA key's passphrase")
+    p.set_defaults(func=cmd_serve, default_log_level="info")
+
+    p = cmds.add_parser("token", help="one-time enrolment tokens: create, list, revoke")
+    tok = p.add_subparsers(dest="token_command", metavar="TOKEN_ACTION", required=True)
+    t = tok.add_parser("create", help="a token for one device; printed once on stdout")
+    t.add_argument("--ca-dir", required=True, type=Path, help="the issuing CA directory")
+    t.add_argument("--device-id", required=True, help="the device id (certificate CN) it may enrol")
+    t.add_argument("--serial", required=True, help="the device's hardware serial")
+    t.add_argument("--site", default="", help="the site (certificate OU) it is for")
+    t.add_argument("--profile", required=True, choices=["node", "gateway"])
+    t.add_argument("--ttl", default="24h", help="lifetime: N followed by s, m, h or d (default 24h)")
+    t.add_argument("--technician", default="", help="who it is handed to (recorded)")
+    _tokens_arg(t)
+    t.set_defaults(func=cmd_token_create)
+    t = tok.add_parser("list", help="every token: id, device, serial, site, expiry, use")
+    t.add_argument("--ca-dir", required=True, type=Path, help="the issuing CA directory")
+    t.add_argument("--json", action="store_true", help="one JSON array of objects")
+    _tokens_arg(t)
+    t.set_defaults(func=cmd_token_list)
+    t = tok.add_parser("revoke", help="withdraw an unused token")
+    t.add_argument("--ca-dir", required=True, type=Path, help="the issuing CA directory")
+    t.add_argument("--id", required=True, help="the token id (the part after 'uet1.')")
+    _tokens_arg(t)
+    t.set_defaults(func=cmd_token_revoke)
     return pki
+
+
+def _tokens_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", type=Path, help="token file (default CA_DIR/enrol-tokens.json)")
 
 
 def _subject_args(p: argparse.ArgumentParser, cn_help: str) -> None:
@@ -129,11 +188,12 @@ def _command(func: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         from agent.log import setup_logging
 
-        setup_logging(getattr(args, "log_level", "warning"))
+        setup_logging(str(getattr(args, "log_level", None) or getattr(args, "default_log_level", "warning")))
         try:
             return func(args)
         except PkiError as exc:
-            print(f"urbanedge pki {args.pki_command}: error: {exc}", file=sys.stderr)
+            action = " ".join(a for a in (args.pki_command, getattr(args, "token_command", None)) if a)
+            print(f"urbanedge pki {action}: error: {exc}", file=sys.stderr)
             return 2
 
     return run
@@ -210,7 +270,8 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 @_command
 def cmd_issue(args: argparse.Namespace) -> int:
-    profile = end_entity_profile(args.profile)
+    if args.profile is None and args.token is None:
+        raise PkiError("--profile is required (or --token, whose profile is used)")
     for out in (args.out, args.chain_out):
         if out is not None and not out.parent.is_dir():  # before signing: the index records every signature
             raise CertFileError(out, "its directory does not exist")
@@ -218,7 +279,15 @@ def cmd_issue(args: argparse.Namespace) -> int:
     csr = load_csr(args.csr)
     passphrase = _ca_passphrase(args, args.ca_dir)
     ca.unlock(passphrase)
-    cert = ca.issue(csr, profile, now=_now(), days=args.days, csr_name=str(args.csr))
+    if args.token is not None:
+        from pki.enroll.commands import issue_with_token, token_store
+
+        cert, profile = issue_with_token(args.ca_dir, passphrase, token_store(args.ca_dir, args.tokens), csr,
+                                         csr_name=str(args.csr), token=args.token, profile=args.profile,
+                                         days=args.days, now=_now())
+    else:
+        profile = end_entity_profile(args.profile)
+        cert = ca.issue(csr, profile, now=_now(), days=args.days, csr_name=str(args.csr))
     write_public_file(args.out, cert_pem(cert))
     if args.chain_out:
         write_public_file(args.chain_out, cert_pem(cert, ca.cert))
@@ -287,3 +356,51 @@ def main(argv: list[str] | None = None) -> int:
     # `python -m pki init-root …` reads like `urbanedge pki init-root …`.
     args = parser.parse_args(["pki", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))
+
+
+# -- enrolment (pki/enroll) ---------------------------------------------------------------------
+@_command
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from pki.enroll.commands import parse_ttl, record_of, token_store
+    from pki.enroll.policy import kv
+
+    store = token_store(args.ca_dir, args.tokens)
+    token = store.create(args.device_id, args.serial, args.site, args.profile, parse_ttl(args.ttl), _now(),
+                         args.technician)
+    record = record_of(store, token)
+    print(token, flush=True)
+    print("event=token_created " + kv(id=record.id, device=record.device_id, serial=record.serial, site=record.site,
+                                      profile=record.profile, expires=record.expires.isoformat(),
+                                      technician=record.technician, file=store.path), file=sys.stderr, flush=True)
+    return 0
+
+
+@_command
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from pki.enroll.commands import token_json, token_store, token_table
+
+    records = token_store(args.ca_dir, args.tokens).list()
+    print(json.dumps(token_json(records, _now()), indent=2) if args.json else "\n".join(token_table(records, _now())))
+    return 0
+
+
+@_command
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from pki.enroll.commands import token_store, used_text
+
+    record = token_store(args.ca_dir, args.tokens).revoke_token(args.id, _now())
+    print(f"token {record.id} ({record.device_id}): {used_text(record, _now())}")
+    return 0
+
+
+@_command
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pki.enroll.commands import ServeOptions, build_server, serve_until_signalled
+
+    key_pass = os.environ.get(KEY_PASS_ENV)
+    server = build_server(ServeOptions(
+        ca_dir=args.ca_dir, passphrase=_ca_passphrase(args, args.ca_dir), listen=args.listen,
+        server_name=args.server_name, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_key_passphrase=key_pass.encode() if key_pass else None, root=args.root, tokens=args.tokens))
+    serve_until_signalled(server)
+    return 0

@@ -7,15 +7,20 @@
 | gateway, node  | P-256, Ed25519 | digitalSignature             | clientAuth  | 730  |
 | ioc-recipient  | P-256          | keyAgreement                 | -           | 730  |
 | ioc-command    | P-256, Ed25519 | digitalSignature             | -           | 365  |
+| est-server     | P-256          | digitalSignature             | serverAuth  | 7    |
 
 Root: basicConstraints CA pathlen 1 (one issuing-CA level); issuing CA: CA pathlen 0.
 End entities: CA:FALSE, a URI SAN ``urn:urbanedge:device:<id>``; SKI and AKI everywhere.
+The est-server certificate (the enrolment service's own, short-lived) names its host instead:
+an IP address or DNS SAN from its CN, and no device URN, so it can never pass for a device.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -52,6 +57,7 @@ class Profile:
     key_types: tuple[KeyType, ...]
     ext_key_usage: tuple[x509.ObjectIdentifier, ...] = ()
     ca_path_length: int | None = None  # None: an end entity (CA:FALSE)
+    san: Literal["device", "host"] = "device"  # what the CN names: a device (URN SAN) or a host (IP/DNS SAN)
 
     @property
     def is_ca(self) -> bool:
@@ -69,8 +75,12 @@ NODE = Profile("node", 2 * 365, _SIGNING, ("p256", "ed25519"), (ExtendedKeyUsage
 # P-256 only: this key is the static recipient key of ECDH-ES in COSE_Encrypt.
 IOC_RECIPIENT = Profile("ioc-recipient", 2 * 365, Usage(key_agreement=True), ("p256",))
 IOC_COMMAND = Profile("ioc-command", 365, _SIGNING, ("p256", "ed25519"))
+# Short-lived: `pki serve` issues itself a new one at every start (and before it runs out).
+EST_SERVER = Profile("est-server", 7, _SIGNING, ("p256",), (ExtendedKeyUsageOID.SERVER_AUTH,), san="host")
 
-END_ENTITY_PROFILES: dict[str, Profile] = {p.name: p for p in (GATEWAY, NODE, IOC_RECIPIENT, IOC_COMMAND)}
+END_ENTITY_PROFILES: dict[str, Profile] = {
+    p.name: p for p in (GATEWAY, NODE, IOC_RECIPIENT, IOC_COMMAND, EST_SERVER)
+}
 
 
 def end_entity_profile(name: str) -> Profile:
@@ -161,8 +171,17 @@ def extensions(profile: Profile, subject_key: PublicKey, issuer_key: PublicKey |
     if profile.ext_key_usage:
         exts.append((x509.ExtendedKeyUsage(list(profile.ext_key_usage)), False))
     if device_id is not None:
-        exts.append((x509.SubjectAlternativeName([x509.UniformResourceIdentifier(device_urn(device_id))]), False))
+        exts.append((x509.SubjectAlternativeName([_san_name(profile, device_id)]), False))
     if crl_url and issuer_key is not None:
         point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
         exts.append((x509.CRLDistributionPoints([point]), False))
     return exts
+
+
+def _san_name(profile: Profile, name: str) -> x509.GeneralName:
+    if profile.san == "device":
+        return x509.UniformResourceIdentifier(device_urn(name))
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name.lower())
