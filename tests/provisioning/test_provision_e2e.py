@@ -11,6 +11,7 @@ certificate."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -263,3 +264,49 @@ def test_bad_tokens_and_a_pulled_cable_end_with_advice_and_no_second_certificate
         assert x509.load_der_x509_certificate((node.storage / "id" / "node.crt").read_bytes()) == installed
     finally:
         node.stop()
+
+
+def test_technician_provisions_a_gateway_and_the_ioc_confirms_it(field: Field) -> None:
+    port = free_port()
+    sim = SimProc.start("flood-sensor", "--tcp", f"127.0.0.1:{port}", "--units", "1", "--tick", "0.2")
+    template = field.tmp / "site-canal-3.toml"
+    template.write_text(f"""
+[[buses]]
+name = "canal-lan"
+type = "modbus-tcp"
+host = "127.0.0.1"
+port = {port}
+timeout = 1.0
+
+[[buses.devices]]
+id = "flood-canal-09"
+profile = "flood-sensor"
+unit = 1
+interval = 1
+""")
+    gw = "gw-canal-3"
+    config = field.tmp / "etc" / "agent.toml"
+    args = ["provision", "gateway", "--gateway-id", gw, "--serial", "RPI-0099", "--site", SITE, "--province", "79",
+            "--template", str(template), "--config", str(config), "--pki-dir", str(field.tmp / "etc" / "pki"),
+            "--broker", f"127.0.0.1:{field.broker.port}", "--ioc-cert", str(field.pki.ioc_recipient_cert),
+            "--root", str(field.pki.root_cert), "--est", field.est_url,
+            "--token", field.token(gw, "RPI-0099", profile="gateway"), "--wait", "60", "--lang", "en",
+            "--inventory", str(field.tmp / "inventory.db"), "--state-dir", str(field.tmp / "state")]
+    try:
+        res = run(*args)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "[6/6]" in res.stdout, res.stdout
+        key = field.tmp / "etc" / "pki" / "gateway.key"
+        assert oct(key.stat().st_mode & 0o777) == "0o600"
+        wait_for(lambda: any(r["type"] == "telemetry" for r in field.ioc_records(gw)), 30, "the gateway's readings")
+        # Again, on the same gateway: refused, nothing reissued.
+        res = run(*args[:-10], "--token", field.token(gw, "RPI-0099", profile="gateway"), "--wait", "0",
+                  "--lang", "en", "--inventory", str(field.tmp / "inventory.db"),
+                  "--state-dir", str(field.tmp / "state"))
+        assert res.returncode == 1 and "already" in res.stdout.lower(), res.stdout
+    finally:
+        pid_file = config.with_suffix(".pid")
+        if pid_file.exists():
+            with contextlib.suppress(OSError):
+                os.kill(int(pid_file.read_text()), 15)
+        sim.stop()
