@@ -61,8 +61,10 @@ def add_parser(sub: Any) -> None:
     d.set_defaults(func=cmd_decommission)
 
     from provisioning.inventory_cli import add_inventory_parser
+    from provisioning.lab import add_lab_parser
 
     add_inventory_parser(psub)
+    add_lab_parser(psub)
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
