@@ -147,3 +147,51 @@ def test_a_port_without_permission_is_port_missing_permission(line: PtyPair) -> 
     with pytest.raises(NodeLinkError) as exc:
         NodeLink.open(str(line.a))
     assert exc.value.reason == "port_missing" and "permission denied" in exc.value.detail
+
+
+def test_a_request_not_signed_by_the_key_the_node_reports_is_refused_before_the_ca(
+        line: PtyPair, peer: Callable[[Script], Peer], tmp_path: Path) -> None:
+    """A node (or something posing as one) hands over a CSR for another key than the one it
+    says it holds: the laptop refuses at the key step and nothing goes to the CA."""
+    import base64
+    import contextlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from provisioning.enrol import OfflineEnroller
+    from provisioning.errors import ProvisionError
+    from provisioning.node import NodePlan, provision_node
+
+    signer, claimed = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node-x")])).sign(signer, hashes.SHA256()))
+    claimed_hex = claimed.public_key().public_bytes(serialization.Encoding.X962,
+                                                    serialization.PublicFormat.UncompressedPoint)[1:].hex()
+
+    def script(_n: int, req: dict[str, Any]) -> list[bytes]:
+        if req["op"] == "hello":
+            return [ok(req, mode="provisioning", has_key=True, has_cert=False, cert_sha256=None)]
+        if req["op"] == "csr":
+            return [ok(req, csr_b64=base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode(),
+                       public_key_hex=claimed_hex)]
+        return [ok(req)]
+
+    peer(script)
+    steps: list[str] = []
+
+    @contextlib.contextmanager
+    def step(key: str) -> Iterator[None]:
+        steps.append(key)
+        yield
+
+    offline = tmp_path / "offline"
+    plan = NodePlan(port=str(line.a), node_id="node-x", serial="S1", site="s", node_json={},
+                    enroller=OfflineEnroller(offline), ioc_cert=tmp_path / "none", broker_ca=tmp_path / "none",
+                    technician="t", state_dir=tmp_path / "st")
+    with pytest.raises(ProvisionError) as err:
+        provision_node(plan, step)
+    assert err.value.reason == "csr_key_mismatch"
+    assert steps[-1] == "step.keygen" and not offline.exists()

@@ -310,3 +310,29 @@ interval = 1
             with contextlib.suppress(OSError):
                 os.kill(int(pid_file.read_text()), 15)
         sim.stop()
+
+
+def test_replace_revokes_the_old_node_and_provisions_new_hardware_under_the_same_id(field: Field) -> None:
+    old = _node(field, "usb6")
+    try:
+        res = run(*field.node_args(old.port, field.token(NODE, "SN-OLD"), serial="SN-OLD", wait=0), "--lang", "en")
+        assert res.returncode == 0, res.stdout + res.stderr
+        old_cert = x509.load_der_x509_certificate((old.storage / "id" / "node.crt").read_bytes())
+    finally:
+        old.stop()  # the old board is broken and taken down
+    new = _node(field, "usb7")
+    try:
+        res = run("provision", "replace", *field.node_args(new.port, field.token(NODE, "SN-NEW"), serial="SN-NEW")[1:],
+                  "--ca-dir", str(field.ca_dir), "--passphrase-file", str(field.passphrase_file), "--lang", "en")
+        assert res.returncode == 0, res.stdout + res.stderr
+        new_cert = x509.load_der_x509_certificate((new.storage / "id" / "node.crt").read_bytes())
+        assert new_cert.serial_number != old_cert.serial_number
+        crl = x509.load_pem_x509_crl(field.pki.crl.read_bytes())
+        assert crl.get_revoked_certificate_by_serial_number(old_cert.serial_number) is not None
+        assert crl.get_revoked_certificate_by_serial_number(new_cert.serial_number) is None
+        exp = run("provision", "inventory", "export", "--format", "json",
+                  "--inventory", str(field.tmp / "inventory.db"))
+        actions = [r["action"] for r in json.loads(exp.stdout) if r["device_id"] == NODE and r["result"] == "ok"]
+        assert actions == ["provision", "decommission", "replace"], actions
+    finally:
+        new.stop()
