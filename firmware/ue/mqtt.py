@@ -28,6 +28,10 @@ import os
 import struct
 from time import ticks_diff, ticks_ms
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class MQTTError(Exception):
     pass
@@ -98,7 +102,7 @@ def tls_context(ca_der, cert_file=None, key_file=None):
     import ssl
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]  # the stubs' SSLContext lacks it; the port has it
     ctx.load_verify_locations(cadata=ca_der)
     if cert_file is not None:
         ctx.load_cert_chain(cert_file, key_file)
@@ -150,7 +154,8 @@ def _send_all(sock, *bufs):
         while off < len(mv):
             n = sock.write(mv[off:])
             if n is None:  # would block
-                yield asyncio.core._io_queue.queue_write(sock)
+                # The hook MicroPython's own streams use (private: the stubs do not list it).
+                yield asyncio.core._io_queue.queue_write(sock)  # type: ignore[attr-defined]
             else:
                 off += n
 
@@ -213,13 +218,13 @@ class MQTTClient:
         self._re = 0
         self._wlock = asyncio.Lock()
 
-        self._r = None
-        self._w = None
+        self._r: "Any" = None  # asyncio streams once connected
+        self._w: "Any" = None
         self._up = asyncio.Event()
         self._down = asyncio.Event()
         self._gen = 0  # bumped per connection; a publish remembers the one it was sent on
-        self._last_rx = 0
-        self._last_tx = 0
+        self._last_rx = ticks_ms()
+        self._last_tx = ticks_ms()
         self._ping_at = None  # ticks of the unanswered PINGREQ, if any
         self._stage = ""  # what a connection attempt is doing, for the failure reason
         self._task = None
