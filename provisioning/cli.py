@@ -171,7 +171,7 @@ def _enroller(args: argparse.Namespace) -> Any:
 
 
 def _watch(args: argparse.Namespace, broker: tuple[str, int]) -> Any:
-    from provisioning.node import Watch
+    from provisioning.receipt_watch import Watch
 
     if args.wait <= 0:
         return None

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from provisioning.enrol import Enroller
 from provisioning.errors import ProvisionError
-from provisioning.node import Watch, fingerprint
+from provisioning.node import fingerprint
+from provisioning.receipt_watch import Watch
 from provisioning.state import ResumeState
 
 PEM = serialization.Encoding.PEM
@@ -156,13 +157,9 @@ def provision_gateway(plan: GatewayPlan, step: Callable[[str], Any]) -> GatewayR
             pid = start_agent(plan.config_path)
     receipt = None
     if plan.watch is not None:
-        from provisioning.receipt_watch import wait_for_receipt
-
-        w = plan.watch
         with step("step.wait_birth"):
-            receipt = wait_for_receipt(w.host, w.port, prefix=w.prefix, device_id=plan.gateway_id,
-                                       cert_serial=f"{cert.serial_number:x}", root=load_cert(w.root),
-                                       timeout=w.timeout, ioc_id=w.ioc_id, min_telemetry=0)
+            # The sealed agent_started event is the verified birth: no telemetry needed yet.
+            receipt = plan.watch.wait(plan.gateway_id, cert, min_telemetry=0)
     state.clear()
     return GatewayResult(cert, pid, receipt)
 

@@ -24,21 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from provisioning.enrol import Enroller
 from provisioning.errors import ProvisionError
+from provisioning.receipt_watch import Watch
 from provisioning.state import ResumeState
 
 DER = serialization.Encoding.DER
-
-
-@dataclass
-class Watch:
-    """Where the laptop waits for the IOC's receipt."""
-
-    host: str
-    port: int
-    root: Path
-    prefix: str = "urbanedge/v1"
-    timeout: float = 120.0
-    ioc_id: str = "ioc-command"
 
 
 @dataclass
@@ -144,14 +133,8 @@ def provision_node(plan: NodePlan, step: Callable[[str], Any]) -> NodeResult:
         link.close()
     receipt = None
     if plan.watch is not None:
-        from pki.keys import load_cert
-        from provisioning.receipt_watch import wait_for_receipt
-
-        w = plan.watch
         with step("step.wait_reading"):
-            receipt = wait_for_receipt(w.host, w.port, prefix=w.prefix, device_id=plan.node_id,
-                                       cert_serial=f"{cert.serial_number:x}", root=load_cert(w.root),
-                                       timeout=w.timeout, ioc_id=w.ioc_id)
+            receipt = plan.watch.wait(plan.node_id, cert)
     state.clear()
     return NodeResult(cert, receipt)
 

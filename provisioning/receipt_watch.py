@@ -8,7 +8,9 @@ import queue
 import ssl
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -64,3 +66,22 @@ def wait_for_receipt(host: str, port: int, *, prefix: str, device_id: str, cert_
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+@dataclass
+class Watch:
+    """Where the installer waits for the IOC's receipt, and for how long."""
+
+    host: str
+    port: int
+    root: Path
+    prefix: str = "urbanedge/v1"
+    timeout: float = 120.0
+    ioc_id: str = DEFAULT_IOC_ID
+
+    def wait(self, device_id: str, cert: x509.Certificate, *, min_telemetry: int = 1) -> Receipt:
+        from pki.keys import load_cert
+
+        return wait_for_receipt(self.host, self.port, prefix=self.prefix, device_id=device_id,
+                                cert_serial=f"{cert.serial_number:x}", root=load_cert(self.root),
+                                timeout=self.timeout, ioc_id=self.ioc_id, min_telemetry=min_telemetry)

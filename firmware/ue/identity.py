@@ -125,7 +125,7 @@ def _restrict(path):
             raise IdentityError("cannot make %s owner-only" % path)
 
 
-def _exists(path):
+def exists(path):
     try:
         os.stat(path)
         return True
@@ -139,7 +139,7 @@ def load_or_create_key(dir):
     Written under a temp name and renamed, so a reset mid-write never leaves a half key that
     would be taken for the real one."""
     path = dir + "/" + KEY_FILE
-    if _exists(path):
+    if exists(path):
         with open(path, "rb") as f:
             return parse_key_der(f.read())
     d, pub = p256.keygen()

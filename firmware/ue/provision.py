@@ -100,14 +100,6 @@ def encode(obj):
 
 # --- storage helpers ------------------------------------------------------------------------
 
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 def _remove(path):
     try:
         os.remove(path)
@@ -171,7 +163,7 @@ def op_hello(storage, req):
         "node_id": cfg["node_id"] if cfg else None,
         "config_ok": cfg is not None,
         "version": node.VERSION,
-        "has_key": _exists(id_dir + "/" + identity.KEY_FILE),
+        "has_key": identity.exists(id_dir + "/" + identity.KEY_FILE),
         "has_cert": cert is not None,
         "cert_sha256": binascii.hexlify(hashlib.sha256(cert).digest()).decode() if cert is not None else None,
         "platform": sys.platform,
@@ -276,7 +268,7 @@ def op_status(storage, req):
     id_dir = storage + "/id"
     pending = dropped = None
     log_dir = storage + "/log"
-    if cfg is not None and _exists(log_dir):
+    if cfg is not None and identity.exists(log_dir):
         # Opened exactly as the agent opens it (same geometry), so recovery does what the next
         # boot would have done anyway; without a valid config the geometry is unknown: not read.
         from ue.flashlog import FlashLog
@@ -292,8 +284,8 @@ def op_status(storage, req):
     return {
         "node_id": cfg["node_id"] if cfg else None,
         "site": cfg["site"] if cfg else None,
-        "has_key": _exists(id_dir + "/" + identity.KEY_FILE),
-        "has_cert": _exists(id_dir + "/" + identity.CERT_FILE),
+        "has_key": identity.exists(id_dir + "/" + identity.KEY_FILE),
+        "has_cert": identity.exists(id_dir + "/" + identity.CERT_FILE),
         "pending": pending, "dropped": dropped,
     }
 
@@ -308,7 +300,7 @@ def op_wipe(storage, req):
     _remove(storage + "/node.json")
     _remove(storage + "/node.json.tmp")
     log_dir = storage + "/log"
-    if _exists(log_dir):
+    if identity.exists(log_dir):
         for name in os.listdir(log_dir):
             _remove(log_dir + "/" + name)
         try:
