@@ -68,7 +68,7 @@ def run(storage, id_dir):
         except Exception as e:  # no NTP server reachable: keep going, times will be wrong
             print("event=ntp_failed reason=%s" % node._q(repr(e)))
     try:
-        agent = node.Node(cfg, storage)
+        agent = node.Node(cfg, storage, log=_log_sink())
     except identity.IdentityError as e:
         print("event=identity_invalid problem=%s" % node._q(e))
         return 2
@@ -76,6 +76,18 @@ def run(storage, id_dir):
 
     asyncio.run(agent.run())
     return 0
+
+
+def _log_sink():
+    # Normal-mode log lines go to the console (the USB serial line on a board). On the unix
+    # port UE_LOG=stderr sends them to stderr instead: a practice rig whose "USB cable" nobody
+    # reads after provisioning would otherwise fill the pty and stall the node.
+    if not hal.ESP32 and os.getenv("UE_LOG") == "stderr":
+        def to_stderr(line):
+            sys.stderr.write(line + "\n")
+
+        return to_stderr
+    return print
 
 
 def main():

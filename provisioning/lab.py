@@ -162,7 +162,9 @@ class Lab:
         flash.mkdir()
         fd = os.open(usb_node, os.O_RDWR | os.O_NOCTTY)
         try:
-            env = {**os.environ, "MICROPYPATH": f".frozen:{self.firmware}", "UE_STORAGE": str(flash)}
+            # Logs to node.log: nobody reads the "USB cable" between provisioning runs.
+            env = {**os.environ, "MICROPYPATH": f".frozen:{self.firmware}", "UE_STORAGE": str(flash),
+                   "UE_LOG": "stderr"}
             env.pop("UE_PROVISION", None)
             self._spawn([str(micropython), "-X", "heapsize=512k", str(self.firmware / "main.py")], "node.log",
                         stdin=fd, stdout=fd, env=env)

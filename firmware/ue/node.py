@@ -371,9 +371,10 @@ class Node:
                 await asyncio.sleep_ms(1000)
 
     async def run(self):
+        # The start is on flash before it is announced on the console.
+        self.record(EVENT, self.src, {"event": "agent_started", "version": VERSION})
         self.log("event=node_started src=%s version=%s pending=%d dropped=%d"
                  % (self.src, VERSION, self.flog.pending(), self.flog.dropped))
-        self.record(EVENT, self.src, {"event": "agent_started", "version": VERSION})
         poll = asyncio.create_task(self.poll_loop())
         try:
             await self.uplink_loop()
