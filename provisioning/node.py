@@ -129,14 +129,38 @@ def provision_node(plan: NodePlan, step: Callable[[str], Any]) -> NodeResult:
             link.request("install", files=files)
         with step("step.reboot"):
             link.request("reboot")
+        receipt = None
+        if plan.watch is not None:
+            with step("step.wait_reading"):
+                # The cable is still in: what the node prints tells why nothing arrives.
+                receipt = plan.watch.wait(plan.node_id, cert, on_tick=ConsoleWatch(link))
     finally:
         link.close()
-    receipt = None
-    if plan.watch is not None:
-        with step("step.wait_reading"):
-            receipt = plan.watch.wait(plan.node_id, cert)
     state.clear()
     return NodeResult(cert, receipt)
+
+
+class ConsoleWatch:
+    """Reads the node's console while the installer waits for the IOC: a broker that refuses
+    the node's certificate shows there (the IOC never hears of it), and is named at once."""
+
+    def __init__(self, link: Any) -> None:
+        self.link = link
+        self.last_problem = ""
+
+    def __call__(self) -> None:
+        from provisioning.node_link import NodeLinkError
+
+        try:
+            lines = self.link.poll_console()
+        except NodeLinkError:
+            return  # the cable came out: the receipt can still come
+        for line in lines:
+            if "event=mqtt_connect_failed" not in line:
+                continue
+            self.last_problem = line
+            if "handshake refused" in line:
+                raise ProvisionError("broker_refused", line)
 
 
 def node_json(*, node_id: str, site: str, serial: str, broker_host: str, broker_port: int, bus_port: str | int,

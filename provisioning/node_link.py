@@ -257,6 +257,12 @@ class NodeLink:
         self._console.clear()
         return out
 
+    def poll_console(self) -> list[str]:
+        """One read of the line (at most the port's timeout), then the node's lines not yet taken:
+        what a waiting installer watches after the reboot (connect failures, for one)."""
+        self._pump()
+        return self.console_lines()
+
     def wait_console(self, needle: str, timeout: float) -> str:
         """The first console line containing ``needle`` (e.g. ``event=node_started`` after a
         reboot), reading until ``timeout``; NodeLinkError("no_answer") if none came."""

@@ -8,6 +8,7 @@ import queue
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,8 @@ from provisioning.errors import ProvisionError
 
 def wait_for_receipt(host: str, port: int, *, prefix: str, device_id: str, cert_serial: str,
                      root: x509.Certificate, timeout: float, ioc_id: str = DEFAULT_IOC_ID,
-                     tls: ssl.SSLContext | None = None, min_telemetry: int = 1) -> Receipt:
+                     tls: ssl.SSLContext | None = None, min_telemetry: int = 1,
+                     on_tick: Callable[[], None] | None = None) -> Receipt:
     """The first valid receipt for ``device_id`` about ``cert_serial`` with telemetry in it.
 
     ProvisionError("broker_unreachable") if the broker cannot be reached, ("no_reading") if no
@@ -47,6 +49,8 @@ def wait_for_receipt(host: str, port: int, *, prefix: str, device_id: str, cert_
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ProvisionError("no_reading", f"{device_id}: {last_problem} after {timeout:.0f} s")
+            if on_tick is not None:
+                on_tick()  # e.g. the node's console: it may say why nothing comes (and raise)
             try:
                 data = inbox.get(timeout=min(left, 0.5))
             except queue.Empty:
@@ -79,9 +83,11 @@ class Watch:
     timeout: float = 120.0
     ioc_id: str = DEFAULT_IOC_ID
 
-    def wait(self, device_id: str, cert: x509.Certificate, *, min_telemetry: int = 1) -> Receipt:
+    def wait(self, device_id: str, cert: x509.Certificate, *, min_telemetry: int = 1,
+             on_tick: Callable[[], None] | None = None) -> Receipt:
         from pki.keys import load_cert
 
         return wait_for_receipt(self.host, self.port, prefix=self.prefix, device_id=device_id,
                                 cert_serial=f"{cert.serial_number:x}", root=load_cert(self.root),
-                                timeout=self.timeout, ioc_id=self.ioc_id, min_telemetry=min_telemetry)
+                                timeout=self.timeout, ioc_id=self.ioc_id, min_telemetry=min_telemetry,
+                                on_tick=on_tick)

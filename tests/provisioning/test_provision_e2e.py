@@ -336,3 +336,23 @@ def test_replace_revokes_the_old_node_and_provisions_new_hardware_under_the_same
         assert actions == ["provision", "decommission", "replace"], actions
     finally:
         new.stop()
+
+
+def test_a_broker_refusing_the_nodes_certificate_is_named_while_waiting(field: Field) -> None:
+    from tests.support.tls_broker import tls_broker
+
+    # A broker that trusts only its own CA for clients, not the province's.
+    with tls_broker(field.tmp / "other-broker") as other:
+        node = _node(field, "usb8")
+        try:
+            args = field.node_args(node.port, field.token(NODE, "SN-99"), serial="SN-99", wait=60)
+            args[args.index("--broker") + 1] = f"127.0.0.1:{other.tls_port}"
+            args[args.index("--broker-ca") + 1] = str(other.tls.ca_pem)
+            res = run(*args, "--lang", "en")
+            assert res.returncode == 1, res.stdout + res.stderr
+            assert "refused the device's certificate" in res.stdout, res.stdout
+            # Named from the node's console (not the IOC wait's no_reading after 60 s).
+            assert "[8/8]" in res.stdout and "handshake refused" in res.stdout, res.stdout
+            assert "No verified reading" not in res.stdout
+        finally:
+            node.stop()
