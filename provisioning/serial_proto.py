@@ -27,8 +27,12 @@ def crc32_hex(body: bytes) -> bytes:
 
 
 def encode(obj: dict[str, Any]) -> bytes:
-    """One frame: ``obj`` as compact UTF-8 JSON (no newline can occur in it), its CRC, newline."""
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """One frame: ``obj`` as compact JSON (no newline can occur in it), its CRC, newline.
+
+    ASCII only (non-ASCII text as \\u escapes, which MicroPython's json reads): a serial line
+    and a console carry it unharmed, and text that is not valid Unicode (a command-line argument
+    with undecodable bytes becomes lone surrogates) still encodes instead of crashing."""
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
     return MAGIC + body + b" " + crc32_hex(body) + b"\n"
 
 

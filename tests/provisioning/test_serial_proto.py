@@ -23,7 +23,7 @@ frames = st.fixed_dictionaries({"id": st.integers(0, 2**31), "op": st.text(min_s
 # What else a node's console carries: log lines, a banner, REPL noise, a line that starts like a
 # frame but is not one. No newline inside; \r endings happen (cooked consoles).
 noise_line = st.one_of(
-    st.text(st.characters(blacklist_characters="\n"), max_size=80),
+    st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=80),
     st.builds(lambda k, v: f"event={k} value={v}", st.text("abc_", min_size=1), st.integers()),
     st.just(">>> "), st.just("MicroPython v1.24.1 on 2024-11-29; Generic ESP32 module with ESP32"),
     st.just("UEP1 not a frame"), st.just("UEP1 {} 00000000"),
