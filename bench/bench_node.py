@@ -21,7 +21,7 @@ certificate, mbedTLS), ``modbus.ModbusMaster`` and ``sensors``. Figures:
    ephemeral key every batch (the first batch after a restart, and every 60th); the seal of
    that row minus the shared-key seal is printed as a check of the derivation's cost.
    Records are stored as the node stores
-   them, ``cbor.dumps([device_id, ts_ms, body])``, with a one-reading body
+   them, ``ue.records.pack(device_id, ts_ms, body)``, with a one-reading body
    ``{"level_cm": 123.4}`` (an exact decimal, as the node's decoding of a scaled register
    gives). A second row seals the node's real telemetry shape: 15 flood-sensor polls of 4
    points (``{"kind", "quality", "values"}``, the node's default ``batch.max_records``).
@@ -121,7 +121,7 @@ NODE_MODULE_NAME = "bench_node_mp"
 NODE_MODULE = r"""
 import gc, json, os, sys, time, micropython
 import asyncio
-from ue import cbor, cose, mqtt, p256, modbus, sensors
+from ue import cbor, cose, mqtt, p256, modbus, records, sensors
 from ue.flashlog import FlashLog
 
 TELEMETRY = 2
@@ -147,17 +147,6 @@ def cpu_s():
     # The process's CPU time (clock(): CLOCK_PROCESS_CPUTIME_ID), truncated to the millisecond:
     # used over loops long enough for that not to matter.
     return time.clock()
-
-
-class Batch:
-    # As ue.node._Batch: records decoded from their log payloads at each of the encoder's passes.
-    def __init__(self, peeked):
-        self.peeked = peeked
-
-    def __iter__(self):
-        for seq, prio, data in self.peeked:
-            device_id, ts_ms, body = cbor.loads(data)
-            yield seq, prio, device_id, ts_ms, body
 
 
 class ReplayUart:
@@ -194,12 +183,12 @@ class ReplayUart:
 
 
 def level_record(i, t0):
-    return cbor.dumps(["level-%d" % (i % 4), t0 + i * 1000, {"level_cm": cbor.Dec(1234 + i % 7, -1)}])
+    return records.pack("level-%d" % (i % 4), t0 + i * 1000, {"level_cm": cbor.Dec(1234 + i % 7, -1)})
 
 
 def flood_record(i, t0, values):
-    return cbor.dumps(["flood-%02d" % i, t0 + i * 70, {"kind": "flood-sensor", "quality": "good",
-                                                       "values": values}])
+    return records.pack("flood-%02d" % i, t0 + i * 70, {"kind": "flood-sensor", "quality": "good",
+                                                        "values": values})
 
 
 def mqtt_packet_len(n):
@@ -253,7 +242,7 @@ async def sealed_batch(client, n, eph):
     t0 = us()
     peeked = flog.peek(n, TELEMETRY)
     t1 = us()
-    payload = cose.batch_payload(SRC, wall_ms(), Batch(peeked))
+    payload = cose.batch_payload(SRC, wall_ms(), records.Batch(peeked))
     plen = len(payload)
     t2 = us()
     sealed = cose.seal(payload, D, X5T, IOC_XY, KID, eph)
@@ -358,7 +347,7 @@ def polls(n_decode, n_record):
         body = {"kind": prof[0], "quality": quality, "values": values}
         numbers = {k: sensors.as_number(v) for k, v in values.items()}
         sensors.check_alarms(prof, numbers, state)
-        plog.append(TELEMETRY, cbor.dumps(["flood-01", wall_ms(), body]))
+        plog.append(TELEMETRY, records.pack("flood-01", wall_ms(), body))
     k3 = cpu_s()
     w2 = us()
     plog.close()

@@ -19,7 +19,7 @@ import gc
 import json
 import time
 
-from ue import cbor, cose, hal, mqtt, sensors
+from ue import cose, hal, mqtt, records, sensors
 from ue.flashlog import FlashLog
 from ue.identity import Identity, IdentityError
 
@@ -143,20 +143,6 @@ def load_config(path):
     return cfg
 
 
-# --- records in the log ---------------------------------------------------------------------
-
-class _Batch:
-    # The records of one message, decoded from their log payloads each time the payload
-    # encoder iterates (it does twice): one decoded record in RAM at a time.
-    def __init__(self, peeked):
-        self.peeked = peeked
-
-    def __iter__(self):
-        for seq, prio, data in self.peeked:
-            device_id, ts_ms, body = cbor.loads(data)
-            yield seq, prio, device_id, ts_ms, body
-
-
 class Node:
     def __init__(self, cfg, storage, log=_log_line):
         self.cfg = cfg
@@ -221,7 +207,7 @@ class Node:
     def record(self, prio, device_id, body, ts_ms=None):
         if ts_ms is None:
             ts_ms = wall_ms()
-        seq = self.flog.append(prio, cbor.dumps([device_id, ts_ms, body]))
+        seq = self.flog.append(prio, records.pack(device_id, ts_ms, body))
         if self._first_pending_ms is None:
             self._first_pending_ms = time.ticks_ms()
         if self.flog.dropped != self._reported_drops:
@@ -230,7 +216,7 @@ class Node:
             self.log("event=node_log_dropped dropped=%d total=%d" % (total - self._reported_drops, total))
             body = {"event": "outbox_eviction", "evicted": total - self._reported_drops, "evicted_total": total}
             self._reported_drops = total
-            self.flog.append(EVENT, cbor.dumps([self.src, ts_ms, body]))
+            self.flog.append(EVENT, records.pack(self.src, ts_ms, body))
         self.wake.set()
         return seq
 
@@ -318,7 +304,7 @@ class Node:
 
     async def send_one(self, prio, peeked):
         ident = self.identity
-        payload = cose.batch_payload(self.src, wall_ms(), _Batch(peeked))
+        payload = cose.batch_payload(self.src, wall_ms(), records.Batch(peeked))
         sealed = cose.seal(payload, ident.d, ident.x5t, ident.recipient_xy, ident.recipient_kid, self.eph)
         payload = None
         await self.client.publish(self.topics[prio], sealed)
