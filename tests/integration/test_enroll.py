@@ -11,7 +11,6 @@ import base64
 import http.client
 import os
 import re
-import selectors
 import ssl
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pki.keys import cert_pem, load_cert
 from pki.profiles import end_entity_profile
 from pki.throwaway import build_throwaway_pki
 from tests.support.ports import free_port
-from tests.support.process import stop_process
+from tests.support.process import read_line, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DER, PEM = serialization.Encoding.DER, serialization.Encoding.PEM
@@ -43,15 +42,6 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UE_")}
     env["PYTHONPATH"] = str(ROOT)
     return env
-
-
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise TimeoutError(f"no line from the server within {timeout}s")
-    return proc.stdout.readline()
 
 
 @dataclass
@@ -89,7 +79,7 @@ def est(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Est]:
                                  "--listen", "127.0.0.1:0", "--passphrase-file", str(passfile)],
                                 cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=err, text=True)
     try:
-        line = _read_line(proc, 20)
+        line = read_line(proc, 20)
         match = re.fullmatch(r"event=est_listening url=(https://127\.0\.0\.1:(\d+)/\.well-known/est)\n", line)
         assert match, (line, log.read_text())
         assert int(match.group(2)) != 0

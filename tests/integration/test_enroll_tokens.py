@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import stat
@@ -30,6 +29,7 @@ from pki.enroll.est import EstService
 from pki.enroll.tokens import TokenError, TokenStore
 from pki.keys import load_cert
 from pki.throwaway import build_throwaway_pki
+from tests.support.process import read_line
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN_LINE = re.compile(r"uet1\.[0-9a-f]{10}\.[A-Za-z0-9_-]{43}")
@@ -44,15 +44,6 @@ def _env() -> dict[str, str]:
 def pki(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pki", *map(str, args)], env=_env(), capture_output=True,
                           text=True, timeout=60)
-
-
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise TimeoutError(f"no line from the server within {timeout}s")
-    return proc.stdout.readline()
 
 
 def bad_input(*args: str | Path) -> str:
@@ -299,7 +290,7 @@ def test_serve_with_given_tls_files_stops_on_sigint(ca: Ca, tmp_path: Path) -> N
                              str(key), "--root", str(ca.root), "--passphrase-file", str(ca.passfile)],
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = _read_line(proc, 20)
+        line = read_line(proc, 20)
         match = re.fullmatch(r"event=est_listening url=(https://localhost:\d+/\.well-known/est)\n", line)
         assert match, line
         certs = EstClient(match.group(1), ca.root).cacerts()
