@@ -200,7 +200,7 @@ def _record(args: argparse.Namespace, *, action: str, kind: str, device_id: str,
         print(f"inventory: {exc}", file=sys.stderr)
 
 
-def _failed(ui: _Ui | None, exc: Exception) -> int:
+def _failed(exc: Exception) -> int:
     reason = getattr(exc, "reason", "unknown")
     if reason == "usage":
         print(f"error: {getattr(exc, 'detail', exc)}", file=sys.stderr)
@@ -264,7 +264,7 @@ def cmd_node(args: argparse.Namespace, *, action: str = "provision", force: bool
             raise
         _record(args, action=action, kind="node", device_id=args.node_id, serial=args.serial, site=args.site,
                 cert=None, result="failed", detail=f"{exc.reason}: {getattr(exc, 'detail', '')}")  # type: ignore[attr-defined]
-        return _failed(ui, exc)
+        return _failed(exc)
     detail = "" if result.receipt is None else f"ioc verified {result.receipt.telemetry} telemetry records"
     _record(args, action=action, kind="node", device_id=args.node_id, serial=args.serial, site=args.site,
             cert=result.cert, result="ok", detail=detail)
@@ -299,7 +299,7 @@ def cmd_gateway(args: argparse.Namespace, *, action: str = "provision", force: b
         _record(args, action=action, kind="gateway", device_id=args.gateway_id, serial=args.serial,
                 site=args.site, cert=None, result="failed",
                 detail=f"{exc.reason}: {getattr(exc, 'detail', '')}")  # type: ignore[attr-defined]
-        return _failed(ui, exc)
+        return _failed(exc)
     _record(args, action=action, kind="gateway", device_id=args.gateway_id, serial=args.serial, site=args.site,
             cert=result.cert, result="ok", detail=f"agent pid {result.pid}" if result.pid else "")
     print(ui.m.t("done.provisioned", device=args.gateway_id))
@@ -338,6 +338,18 @@ def _revoke_current(args: argparse.Namespace, device_id: str, ui: _Ui, *, serial
     return result
 
 
+def _revocation_failed(exc: Exception) -> int:
+    """Exit code for a failed revocation step; anything that is not ours to explain propagates."""
+    from pki.errors import PkiError
+
+    if isinstance(exc, PkiError):  # a CA file or passphrase problem: bad input
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if getattr(exc, "reason", None) is None:
+        raise exc
+    return _failed(exc)
+
+
 def cmd_decommission(args: argparse.Namespace) -> int:
     wipe = 1 if (args.port or args.gateway_pki_dir) else 0
     ui = _Ui(args, 2 + wipe)
@@ -346,20 +358,9 @@ def cmd_decommission(args: argparse.Namespace) -> int:
                         gateway_pki_dir=args.gateway_pki_dir, gateway_config=args.gateway_config,
                         kind="gateway" if args.gateway_pki_dir else "node")
     except Exception as exc:
-        if getattr(exc, "reason", None) is None and not _is_pki_error(exc):
-            raise
-        if _is_pki_error(exc):
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        return _failed(ui, exc)
+        return _revocation_failed(exc)
     print(ui.m.t("done.decommissioned", device=args.device_id))
     return 0
-
-
-def _is_pki_error(exc: Exception) -> bool:
-    from pki.errors import PkiError
-
-    return isinstance(exc, PkiError)
 
 
 def cmd_replace_node(args: argparse.Namespace) -> int:
@@ -367,10 +368,7 @@ def cmd_replace_node(args: argparse.Namespace) -> int:
     try:
         _revoke_current(args, args.node_id, ui)
     except Exception as exc:
-        if getattr(exc, "reason", None) is None and not _is_pki_error(exc):
-            raise
-        print(f"error: {exc}", file=sys.stderr) if _is_pki_error(exc) else None
-        return EXIT_USAGE if _is_pki_error(exc) else _failed(ui, exc)
+        return _revocation_failed(exc)
     return cmd_node(args, action="replace", force=True, ui=ui)
 
 
@@ -379,8 +377,5 @@ def cmd_replace_gateway(args: argparse.Namespace) -> int:
     try:
         _revoke_current(args, args.gateway_id, ui, kind="gateway")
     except Exception as exc:
-        if getattr(exc, "reason", None) is None and not _is_pki_error(exc):
-            raise
-        print(f"error: {exc}", file=sys.stderr) if _is_pki_error(exc) else None
-        return EXIT_USAGE if _is_pki_error(exc) else _failed(ui, exc)
+        return _revocation_failed(exc)
     return cmd_gateway(args, action="replace", force=True, ui=ui)
