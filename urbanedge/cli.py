@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import commands, demo
     from drivers.sim import cli as sim_cli
     from ioc import cli as ioc_cli
+    from ota import cli as ota_cli
     from pki import cli as pki_cli
     from provisioning import cli as provision_cli
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     pki_cli.add_parser(sub)
     ioc_cli.add_parser(sub)
     provision_cli.add_parser(sub)
+    ota_cli.add_parser(sub)
     return parser
 
 

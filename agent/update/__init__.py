@@ -1,0 +1,1 @@
+"""The gateway's side of an update: TUF refresh, download, A/B slots, health check, status."""
