@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -20,6 +21,8 @@ from agent.config import LoadedConfig
 from agent.poll.coordinator import BusCoordinator
 from agent.seal.credentials import load_credentials
 from agent.seal.encode import BatchSealer
+from agent.update.health import HealthSample
+from agent.update.updater import RestartRequested, Updater, UpdateSettings
 from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.tls import context_from_settings
 from agent.uplink.topics import Topics
@@ -40,6 +43,8 @@ class Agent:
         self.forwarder: Forwarder | None = None
         self.coordinators: list[BusCoordinator] = []
         self.started = time.time()
+        self.restart_requested = False
+        self.updater = self._updater()
         # Built here so an unusable certificate or key fails at start, before any task runs.
         self.settings = self.uplink_settings()
 
@@ -66,6 +71,49 @@ class Agent:
             # The birth message is not sealed (brokers and dashboards read it), so it says only
             # what the topic already tells; the device inventory goes sealed, in agent_started.
             birth={"site": ident.site, "agent_version": urbanedge.__version__},
+            on_command=self._on_command,
+        )
+
+    def _updater(self) -> Updater | None:
+        up, ident = self.cfg.update, self.cfg.identity
+        if not up.enabled:
+            return None
+        slot = os.environ.get("UE_SLOT")
+        if slot is None:
+            # Without the launcher nobody would boot the new slot or fall back from it.
+            log.warning("event=update_disabled reason=%r", "not started by `urbanedge launch`")
+            return None
+        settings = UpdateSettings(
+            repository=up.repository, root=up.root, state_dir=up.state_dir, slots=up.slots,
+            hardware=up.hardware, check_interval=up.check_interval, health_deadline=up.health_deadline,
+            gateway_id=ident.gateway_id, site=ident.site, running_slot=slot,
+            agent_version=urbanedge.__version__)
+        return Updater(settings, self._report_update, self._health_sample)
+
+    def _on_command(self, payload: bytes) -> None:
+        try:
+            cmd = json.loads(payload)
+        except ValueError:
+            cmd = None
+        if isinstance(cmd, dict) and cmd.get("cmd") == "update-check" and self.updater is not None:
+            log.info("event=update_check_requested")
+            self.updater.request_check()
+        else:
+            log.warning("event=command_ignored bytes=%d", len(payload))
+
+    async def _report_update(self, body: dict[str, Any]) -> None:
+        assert self.outbox is not None
+        await self.outbox.append([event(self.cfg.identity.gateway_id, time.time(), "ota_status", **body)])
+
+    def _health_sample(self) -> HealthSample:
+        f = self.forwarder
+        stats = f.stats if f is not None else None
+        w = self.writer
+        return HealthSample(
+            uplink_online=f is not None and f.state == "online",
+            acked_records=stats.acked_records if stats is not None else 0,
+            records_written=w.written if w is not None else 0,
+            buses_polled={c.bus.name: sum(p.stats.good for p in c.pollers) for c in self.coordinators},
         )
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -92,8 +140,13 @@ class Agent:
                 for c in self.coordinators:
                     tg.create_task(c.run(), name=f"bus:{c.bus.name}")
                 tg.create_task(self._health_loop(), name="health")
+                if self.updater is not None:
+                    tg.create_task(self.updater.run(), name="updater")
                 if ready is not None:
                     ready.set()
+        except* RestartRequested as group:
+            self.restart_requested = True
+            log.info("event=agent_restart reason=%r", str(group.exceptions[0]))
         finally:
             await self._shutdown()
 

@@ -87,6 +87,10 @@ async def _run_until_signal(agent: Any) -> int:
         await agent.run()
     except asyncio.CancelledError:
         return 0
+    if getattr(agent, "restart_requested", False):
+        from agent.update.launcher import EXIT_RESTART
+
+        return EXIT_RESTART
     return 0
 
 

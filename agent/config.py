@@ -99,6 +99,23 @@ class Seal(_Model):
     key_passphrase_file: Path | None = None
 
 
+class Update(_Model):
+    """Signed software updates (docs/ota.md). Off unless ``enabled``; needs ``urbanedge launch``.
+
+    ``root`` is the TUF root metadata the gateway was provisioned with: the only thing trusted;
+    everything fetched from ``repository`` is checked against it."""
+
+    enabled: bool = False
+    repository: Annotated[str, Field(pattern=r"^https?://")] = "http://127.0.0.1:8000/"
+    root: Path = Path("/etc/urbanedge/update/root.json")
+    state_dir: Path = Path("/var/lib/urbanedge/update")
+    slots: Path = Path("/var/lib/urbanedge/slots")
+    hardware: Ident = "gateway-linux"
+    check_interval: Annotated[float, Field(ge=10, le=7 * 86_400)] = 6 * 3600.0
+    health_deadline: Annotated[float, Field(ge=5, le=3600)] = 300.0
+    max_tries: Annotated[int, Field(ge=1, le=10)] = 3
+
+
 class Buffer(_Model):
     path: Path = Path("/var/lib/urbanedge/outbox.db")
     max_bytes: Annotated[int, Field(ge=256 * 1024)] = 300 * 1024 * 1024
@@ -163,6 +180,7 @@ class AgentConfig(_Model):
     broker: Broker = Field(default_factory=Broker)
     buffer: Buffer = Field(default_factory=Buffer)
     seal: Seal = Field(default_factory=Seal)
+    update: Update = Field(default_factory=Update)
     buses: list[Bus] = Field(default_factory=list)
     profile_dirs: list[Path] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -241,7 +259,12 @@ def _check_semantics(path: Path, cfg: AgentConfig) -> LoadedConfig:
         k: _resolve(base, getattr(sl, k)) for k in ("key", "cert", "recipient", "key_passphrase_file")
         if getattr(sl, k) is not None
     })
+    up = cfg.update
+    updates["update"] = up.model_copy(
+        update={k: _resolve(base, getattr(up, k)) for k in ("root", "state_dir", "slots")})
     cfg = cfg.model_copy(update=updates)
+    if cfg.update.enabled and not cfg.update.root.is_file():
+        raise ConfigError(name, "update.root", f"no such file: {cfg.update.root}")
     for i, d in enumerate(cfg.profile_dirs):
         if not d.is_dir():
             raise ConfigError(name, f"profile_dirs[{i}]", f"not a directory: {d}")

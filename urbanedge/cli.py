@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from agent import commands, demo
+    from agent.update import launcher
     from drivers.sim import cli as sim_cli
     from ioc import cli as ioc_cli
     from ota import cli as ota_cli
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from provisioning import cli as provision_cli
 
     commands.add_parsers(sub)
+    launcher.add_parser(sub)
     demo.add_parser(sub)
     sim_cli.add_parser(sub)
     pki_cli.add_parser(sub)

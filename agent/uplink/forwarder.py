@@ -72,6 +72,9 @@ class UplinkSettings:
     # Also bounds a handshake the broker ends before CONNACK (e.g. a TLS 1.3 client
     # certificate it rejects): aiomqtt only notices that by timing out.
     connect_timeout: float = 10.0
+    # Called with each message on the gateway's command topic (subscribed only when set).
+    # The payload is untrusted: the callee decides what, if anything, it may cause.
+    on_command: Callable[[bytes], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -229,6 +232,8 @@ class Forwarder:
             async with self._client() as client:
                 try:
                     await self._announce(client)
+                    if self._settings.on_command is not None:
+                        await client.subscribe(self._settings.topics.channel("command"), qos=1)
                     online = True
                     self._on_online()
                     async with asyncio.TaskGroup() as tg:
@@ -280,12 +285,13 @@ class Forwarder:
         except aiomqtt.MqttError as exc:
             log.info("event=uplink_offline_status_failed reason=%r", _reason(exc))
 
-    @staticmethod
-    async def _watch(client: aiomqtt.Client) -> None:
+    async def _watch(self, client: aiomqtt.Client) -> None:
         # The message iterator is aiomqtt's only public signal of a lost connection:
         # it raises MqttError, which ends the session's TaskGroup (and the window).
-        async for _ in client.messages:
-            pass
+        on_command = self._settings.on_command
+        async for msg in client.messages:
+            if on_command is not None and isinstance(msg.payload, bytes | bytearray):
+                on_command(bytes(msg.payload))
 
     # -- forwarding -------------------------------------------------------------------
 
