@@ -45,10 +45,14 @@ class BootState:
     # Status reports made while nobody could send them (the launcher's fall-back): the agent
     # puts them into its outbox at start and then clears them.
     pending: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # Targets that failed their trial: never installed again (a rollout still pointing at a
+    # broken release must not make the fleet install, fail and roll back in a loop).
+    failed: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["pending"] = list(self.pending)
+        d["failed"] = list(self.failed)
         d["v"] = 1
         return d
 
@@ -74,9 +78,12 @@ class BootState:
             pending = d.get("pending", [])
             if not isinstance(pending, list) or not all(isinstance(p, dict) for p in pending):
                 raise BadBootState("pending: not a list of objects")
+            failed = d.get("failed", [])
+            if not isinstance(failed, list) or not all(isinstance(f, str) for f in failed):
+                raise BadBootState("failed: not a list of strings")
         except KeyError as exc:
             raise BadBootState(f"missing field {exc}") from exc
-        return cls(committed, version, counter, trial, tuple(pending))
+        return cls(committed, version, counter, trial, tuple(pending), tuple(failed))
 
 
 def _slot(v: Any) -> Slot:
@@ -118,7 +125,7 @@ def decide_boot(state: BootState, max_tries: int = MAX_TRIES) -> BootDecision:
     if t.tries >= max_tries:
         report = status("rolled-back", t.version, t.counter,
                         f"release did not pass its health check in {t.tries} boots")
-        new = replace(state, trial=None, pending=(*state.pending, report))
+        new = replace(state, trial=None, pending=(*state.pending, report), failed=_failed(state, t))
         return BootDecision(state.committed, new, trial=False, fell_back=True)
     return BootDecision(t.slot, replace(state, trial=replace(t, tries=t.tries + 1)), trial=True)
 
@@ -144,7 +151,16 @@ def abandon(state: BootState, reason: str) -> BootState:
     if t is None:
         raise ValueError("no trial to abandon")
     report = status("rolled-back", t.version, t.counter, reason)
-    return replace(state, trial=None, pending=(*state.pending, report))
+    return replace(state, trial=None, pending=(*state.pending, report), failed=_failed(state, t))
+
+
+MAX_FAILED = 16
+
+
+def _failed(state: BootState, t: Trial) -> tuple[str, ...]:
+    if not t.target or t.target in state.failed:
+        return state.failed
+    return (*state.failed, t.target)[-MAX_FAILED:]
 
 
 def without_pending(state: BootState, sent: int) -> BootState:

@@ -141,7 +141,7 @@ class Updater:
         """One check; installs and raises RestartRequested when there is a release to boot."""
         from agent.update.errors import InsufficientSpace, UpdateRejected, UpdateUnavailable
         from agent.update.tuf_client import ReleaseClient
-        from ota.release_meta import ReleaseRejected, check_release, in_cohort
+        from ota.release_meta import ReleaseRejected, Verdict, check_release, in_cohort
 
         state = await asyncio.to_thread(self.store.load)
         if state.trial is not None:
@@ -158,11 +158,14 @@ class Updater:
                 log.info("event=update_none reason=not_in_cohort rollout=%s", rollout.id)
                 return
             target = rollout.release
+            if target in state.failed:
+                log.info("event=update_none reason=failed_before target=%s", target)
+                return
             info = await asyncio.to_thread(client.release, target)
             release, counter = info.version, info.release_counter
             verdict = check_release(info, committed_counter=state.counter, hw=self.s.hardware,
                                     agent_version=self.s.agent_version)
-            if str(verdict) in ("already-installed", "Verdict.ALREADY_INSTALLED") or release == state.version:
+            if verdict is Verdict.ALREADY_INSTALLED:
                 log.info("event=update_none reason=already_installed release=%s", release)
                 return
             await self._status("queued", release, counter, target=target, rollout=rollout.id)

@@ -100,3 +100,13 @@ def test_any_sequence_keeps_invariants(seq: list[str]) -> None:
         assert s.counter >= floor
         floor = s.counter
         assert BootState.from_json(s.to_json()) == s
+
+
+def test_a_failed_target_is_remembered_both_ways() -> None:
+    s = begin_trial(BootState(), "a", "0.2.0", 2, target="gateway/urbanedge-0.2.0.tar.gz")
+    assert abandon(s, "x").failed == ("gateway/urbanedge-0.2.0.tar.gz",)
+    for _ in range(3):
+        s = decide_boot(s, max_tries=3).state
+    s = decide_boot(s, max_tries=3).state
+    assert s.failed == ("gateway/urbanedge-0.2.0.tar.gz",)
+    assert BootState.from_json(s.to_json()) == s
