@@ -73,6 +73,14 @@ def add_parser(sub: Any) -> None:
                     "instead of now: for captures made in the past")
     vf.set_defaults(func=cmd_verify)
 
+    sb = isub.add_parser("sbom", help="latest SBOM per device from the store, and drift from the release SBOMs")
+    sb.add_argument("--store", required=True, help="the reading store: sqlite:PATH or postgresql://…")
+    sb.add_argument("--releases", type=Path, help="directory of release SBOMs (*.cdx.json) to check drift against")
+    sb.add_argument("--device", help="only this device")
+    sb.add_argument("--out", type=Path, help="write each device's CycloneDX document as DIR/<device>.cdx.json")
+    sb.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sb.set_defaults(func=cmd_sbom)
+
 
 def _when(text: str) -> float:
     from datetime import UTC, datetime
@@ -296,3 +304,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failed += 1
             print(f"{path}: rejected reason={outcome.reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_sbom(args: argparse.Namespace) -> int:
+    """Exit 0 all fine, 1 a device in drift or invalid (or --device never reported), 2 bad input."""
+    from ioc.sbom import ReleaseSetError, check_drift, latest_sboms, load_releases, out_name, render_table
+    from ioc.store import StoreError, open_store
+    from ioc.store.sqlite import parse_path
+
+    logging.basicConfig(level=logging.ERROR)
+    if not args.store.startswith(("postgresql://", "postgres://")) and not parse_path(args.store).is_file():
+        # Opening would create an empty store and report nothing wrong.
+        print(f"error: --store {args.store}: no such store file", file=sys.stderr)
+        return 2
+    try:
+        releases = load_releases(args.releases) if args.releases is not None else {}
+    except ReleaseSetError as exc:
+        print(f"error: --releases: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with open_store(args.store) as store:
+            found = latest_sboms(store)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.device is not None:
+        found = {k: v for k, v in found.items() if k == args.device}
+        if not found:
+            print(f"error: no sbom event from device {args.device!r} in the store", file=sys.stderr)
+            return 1
+    devices = [check_drift(d, releases) for d in found.values()]
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for d in devices:
+                if d.bom is not None and d.status != "invalid":
+                    (args.out / out_name(d.device_id)).write_text(json.dumps(d.bom, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"error: --out {args.out}: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        sys.stdout.write(json.dumps([d.as_dict() for d in devices], indent=2) + "\n")
+    else:
+        sys.stdout.write(render_table(devices))
+    bad = [d for d in devices if d.status in ("drift", "invalid")]
+    if bad:
+        log.warning("event=ioc_sbom_alarm devices=%s", ",".join(d.device_id for d in bad))
+    return 1 if bad else 0
