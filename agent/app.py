@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -105,6 +106,36 @@ class Agent:
         assert self.outbox is not None
         await self.outbox.append([event(self.cfg.identity.gateway_id, time.time(), "ota_status", **body)])
 
+    async def _report_sbom(self) -> None:
+        """Seal the SBOM of the running code to the IOC (once per start: boot, and after updates).
+
+        Built in a child process: the CycloneDX and schema libraries would otherwise stay
+        resident in the agent for a job done once."""
+        up = self.cfg.update
+        slot = os.environ.get("UE_SLOT", "factory")
+        cmd = [sys.executable, "-P", "-m", "urbanedge", "ota", "sbom", "gateway", "--release", urbanedge.__version__,
+               "--cache", str(up.state_dir / "sbom-digests.json"), "-o", "-"]
+        if slot in ("a", "b"):
+            cmd += ["--app-dir", str(up.slots / slot)]
+        up.state_dir.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            log.warning("event=sbom_failed reason=timeout")
+            return
+        if proc.returncode != 0:
+            log.warning("event=sbom_failed code=%s reason=%r", proc.returncode, err.decode(errors="replace")[-500:])
+            return
+        assert self.outbox is not None
+        bom = json.loads(out)
+        await self.outbox.append([event(self.cfg.identity.gateway_id, time.time(), "sbom", bom=bom)])
+        log.info("event=sbom_reported release=%s components=%d bytes=%d", urbanedge.__version__,
+                 len(bom.get("components", [])), len(out))
+
     def _health_sample(self) -> HealthSample:
         f = self.forwarder
         stats = f.stats if f is not None else None
@@ -142,6 +173,8 @@ class Agent:
                 tg.create_task(self._health_loop(), name="health")
                 if self.updater is not None:
                     tg.create_task(self.updater.run(), name="updater")
+                if self.cfg.update.sbom:
+                    tg.create_task(self._report_sbom(), name="sbom")
                 if ready is not None:
                     ready.set()
         except* RestartRequested as group:

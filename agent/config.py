@@ -114,6 +114,13 @@ class Update(_Model):
     check_interval: Annotated[float, Field(ge=10, le=7 * 86_400)] = 6 * 3600.0
     health_deadline: Annotated[float, Field(ge=5, le=3600)] = 300.0
     max_tries: Annotated[int, Field(ge=1, le=10)] = 3
+    # The CycloneDX SBOM of what runs, sealed to the IOC at every start (docs/ota.md).
+    # Unset: reported when updates are enabled.
+    report_sbom: bool | None = None
+
+    @property
+    def sbom(self) -> bool:
+        return self.enabled if self.report_sbom is None else self.report_sbom
 
 
 class Buffer(_Model):

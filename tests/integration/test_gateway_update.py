@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from ota.sbom import release_digest, validate_doc
 from tests.integration.test_agent_e2e import outbox_seqs
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
@@ -166,6 +167,13 @@ def running_version(sub: Subscriber) -> Any:
     return started[-1].get("version") if started else None
 
 
+def sbom_of(sub: Subscriber, version: str) -> Any:
+    for r in reversed(sub.of_type("event")):
+        if r.get("event") == "sbom" and r["bom"]["metadata"]["component"].get("version") == version:
+            return r["bom"]
+    return None
+
+
 def assert_nothing_lost(sub: Subscriber, db: Path) -> None:
     left, last = outbox_seqs(db)
     lost = set(range(1, last + 1)) - sub.seqs(GW) - left
@@ -187,6 +195,15 @@ def test_good_release_installs_then_broken_ones_roll_back(
         wait_for(lambda: "success" in statuses(sub, "0.2.0"), 90, "0.2.0 success", step=0.2)
         assert statuses(sub, "0.2.0") == ["queued", "downloading", "installing", "restarting", "verifying", "success"]
         assert running_version(sub) == "0.2.0"
+        # The new release reported what it is: a CycloneDX 1.6 SBOM whose application hashes
+        # are those of the release the province built.
+        wait_for(lambda: sbom_of(sub, "0.2.0") is not None, 60, "the SBOM of 0.2.0")
+        bom = sbom_of(sub, "0.2.0")
+        validate_doc(bom)
+        app = {h["alg"]: h["content"] for h in bom["metadata"]["component"]["hashes"]}
+        built = release_digest(rel.work / "urbanedge-0.2.0.tar.gz")
+        assert (app["SHA-256"], app["SHA-512"]) == (built.sha256, built.sha512)
+        assert any(c["name"] == "cryptography" for c in bom["components"])
 
         # A release whose agent crashes at start: the trial boots use up their tries and the
         # launcher goes back to 0.2.0, which reports the roll-back.
