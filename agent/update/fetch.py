@@ -102,7 +102,7 @@ class ResumingFetcher(FetcherInterface):
             fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
             f = os.fdopen(fd, "r+b")
         else:
-            f = tempfile.TemporaryFile()
+            f = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
         keep = False
         try:
             try:

@@ -179,7 +179,8 @@ class Updater:
             key = (target, str(reason))
             if key not in self._rejected:  # a refused release is reported once, not every check
                 self._rejected.add(key)
-                await self._status("rejected", release, counter, f"{reason}: {exc}", target=target)
+                detail = getattr(exc, "detail", "") or str(exc)
+                await self._status("rejected", release, counter, f"{reason}: {detail}", target=target)
             return
         except (UpdateUnavailable, InsufficientSpace, InstallError) as exc:
             await self._status("failed", release, counter, f"{type(exc).__name__}: {exc}", target=target)
