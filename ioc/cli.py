@@ -81,6 +81,10 @@ def add_parser(sub: Any) -> None:
     sb.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sb.set_defaults(func=cmd_sbom)
 
+    from ioc import ota_status
+
+    ota_status.add_parser(isub)
+
 
 def _when(text: str) -> float:
     from datetime import UTC, datetime
