@@ -9,7 +9,7 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    from ota import node_cli, repo_cli, rollout_cli, sbom_cli
+    from ota import lab, node_cli, repo_cli, rollout_cli, sbom_cli
 
     ota = sub.add_parser("ota", help="software releases: TUF repository, node manifests, rollouts, SBOMs")
     osub = ota.add_subparsers(dest="ota_command", metavar="SUBCOMMAND", required=True)
@@ -17,3 +17,4 @@ def add_parser(sub: Any) -> None:
     node_cli.add_parsers(osub)
     rollout_cli.add_parsers(osub)
     sbom_cli.add_parsers(osub)
+    lab.add_parser(osub)

@@ -82,6 +82,8 @@ class Lab:
         self.dir, self.firmware = dir.resolve(), firmware.resolve()
         self.procs: list[subprocess.Popen[Any]] = []
         self.env: dict[str, str] = {}
+        self.pki: Any = None
+        self._stopping = threading.Event()
 
     def _spawn(self, argv: list[str], log: str, **kw: Any) -> subprocess.Popen[Any]:
         out = open(self.dir / log, "ab")  # noqa: SIM115 - handed to the child
@@ -90,7 +92,23 @@ class Lab:
         self.procs.append(proc)
         return proc
 
+    def _keep_node_running(self) -> None:
+        # The board's reset circuit: a node that exits (a reboot after an update, a crash the
+        # watchdog would reset) starts again, as a board does.
+        while not self._stopping.is_set():
+            fd = os.open(self._usb_node, os.O_RDWR | os.O_NOCTTY)
+            try:
+                proc = self._spawn(self._node_argv, "node.log", stdin=fd, stdout=fd, env=self._node_env)
+            finally:
+                os.close(fd)
+            code = proc.wait()
+            if not self._stopping.is_set():
+                with open(self.dir / "node.log", "a") as log:
+                    log.write(f"lab: node exited with code {code}; resetting it\n")
+                self._stopping.wait(1.0)
+
     def stop(self) -> None:
+        self._stopping.set()
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
@@ -114,6 +132,7 @@ class Lab:
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
         pki = build_throwaway_pki(self.dir / "pki", [], province="Lab")
+        self.pki = pki
         passphrase_file = pki.dir / "ca-passphrase"
         ca_dir = pki.issuing_cert.parent
 
@@ -160,16 +179,13 @@ class Lab:
                      "--tick", "1"], "sim.log")
         flash = self.dir / "node-flash"
         flash.mkdir()
-        fd = os.open(usb_node, os.O_RDWR | os.O_NOCTTY)
-        try:
-            # Logs to node.log: nobody reads the "USB cable" between provisioning runs.
-            env = {**os.environ, "MICROPYPATH": f".frozen:{self.firmware}", "UE_STORAGE": str(flash),
-                   "UE_LOG": "stderr"}
-            env.pop("UE_PROVISION", None)
-            self._spawn([str(micropython), "-X", "heapsize=512k", str(self.firmware / "main.py")], "node.log",
-                        stdin=fd, stdout=fd, env=env)
-        finally:
-            os.close(fd)
+        self._node_argv = [str(micropython), "-X", "heapsize=512k", str(self.firmware / "main.py")]
+        # Logs to node.log: nobody reads the "USB cable" between provisioning runs.
+        self._node_env = {**os.environ, "MICROPYPATH": f".frozen:{self.firmware}", "UE_STORAGE": str(flash),
+                          "UE_LOG": "stderr"}
+        self._node_env.pop("UE_PROVISION", None)
+        self._usb_node = usb_node
+        threading.Thread(target=self._keep_node_running, name="node-reset", daemon=True).start()
 
         from pki.enroll.tokens import TokenStore
 
