@@ -67,6 +67,7 @@ class OtaLab(Lab):
         self._broken_builds()
         self.env.update({
             "UE_OTA_REPO": str(repo), "UE_OTA_KEYS": str(keys), "UE_OTA_URL": url,
+            "UE_OTA_SOURCE": str(REPO), "UE_OTA_FIRMWARE": str(self.firmware),
             "UE_LAB_GATEWAY": GATEWAY_ID, "UE_LAB_STORE": f"sqlite:{self.dir / 'ioc.db'}",
             "UE_OTA_BROKEN_GATEWAY": str(self.dir / "broken" / "gateway"),
             "UE_OTA_BROKEN_FIRMWARE": str(self.dir / "broken" / "firmware"),
