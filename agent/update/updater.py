@@ -129,8 +129,9 @@ class Updater:
                 await asyncio.wait_for(self._check_now.wait(), timeout=delay)
             self._check_now.clear()
             gap = time.monotonic() - self._last_check
-            if self._last_check and gap < MIN_CHECK_GAP:
-                delay = MIN_CHECK_GAP - gap
+            min_gap = min(MIN_CHECK_GAP, self.s.check_interval)
+            if self._last_check and gap < min_gap:
+                delay = min_gap - gap
                 continue
             self._last_check = time.monotonic()
             await self.check_once()

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from ota.sbom import release_digest, validate_doc
+from ota.static_server import StaticServer
 from tests.integration.test_agent_e2e import outbox_seqs
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
@@ -71,14 +72,17 @@ class Release:
 
 
 @pytest.fixture
-def release(tmp_path: Path) -> Iterator[tuple[Release, str]]:
-    from ota.static_server import StaticServer
-
+def served(tmp_path: Path) -> Iterator[tuple[Release, StaticServer]]:
     rel = Release(tmp_path / "repo", tmp_path / "keys", tmp_path / "work")
     rel.work.mkdir()
     ota("init", "--repo", rel.repo, "--keys", rel.keys)
     with StaticServer(rel.repo) as server:
-        yield rel, server.url
+        yield rel, server
+
+
+@pytest.fixture
+def release(served: tuple[Release, StaticServer]) -> tuple[Release, str]:
+    return served[0], served[1].url
 
 
 @pytest.fixture
@@ -292,3 +296,45 @@ def mosquitto_pub(m: Mosquitto, topic: str, payload: str) -> None:
     import paho.mqtt.publish as publish
 
     publish.single(topic, payload, qos=1, hostname=m.host, port=m.port)
+
+
+def test_hostile_server_is_reported_and_survived(
+        tmp_path: Path, mosquitto: Mosquitto, sim: int, served: tuple[Release, StaticServer]) -> None:
+    """Endless data, then a server answering 500: each is reported once, the gateway keeps
+    its version and its readings flowing; once the mirror is fixed the release installs."""
+    import hashlib
+
+    rel, server = served
+    cfg = gateway_config(tmp_path, mosquitto, sim, server.url, rel.repo)
+    sub = Subscriber(mosquitto.host, mosquitto.port).start()
+    gw = Gateway(cfg)
+    gw.start()
+    topic = f"urbanedge/v1/test-site/{GW}/command"
+    try:
+        wait_for(lambda: running_version(sub) == "0.1.0", 60, "the factory agent's start")
+        rel.publish("0.2.0", 2)
+        digest = hashlib.sha256((rel.work / "urbanedge-0.2.0.tar.gz").read_bytes()).hexdigest()
+        path = f"/targets/gateway/{digest}.urbanedge-0.2.0.tar.gz"
+        server.faults.append(path, b"\0" * 100_000)
+        mosquitto_pub(mosquitto, topic, '{"cmd": "update-check"}')
+        wait_for(lambda: "rejected" in statuses(sub, "0.2.0"), 60, "endless data rejected", step=0.2)
+        rejected = [r for r in sub.of_type("event") if r.get("event") == "ota_status" and r["state"] == "rejected"]
+        assert rejected[0]["reason"].startswith("too-long")
+
+        server.faults.clear()
+        server.faults.fail(path, 500)
+        before = server.faults.count(path)
+        mosquitto_pub(mosquitto, topic, '{"cmd": "update-check"}')
+        wait_for(lambda: "failed" in statuses(sub, "0.2.0"), 90, "server error reported", step=0.2)
+        # Bounded retries: a handful of requests for the check, not a download loop.
+        assert 1 <= server.faults.count(path) - before <= 4
+        assert running_version(sub) == "0.1.0"
+        n = len(sub.of_type("telemetry"))
+        wait_for(lambda: len(sub.of_type("telemetry")) > n + 2, 30, "readings still flowing")
+
+        server.faults.clear()
+        mosquitto_pub(mosquitto, topic, '{"cmd": "update-check"}')
+        wait_for(lambda: "success" in statuses(sub, "0.2.0"), 90, "0.2.0 success from the fixed mirror", step=0.2)
+    finally:
+        gw.stop()
+    assert_nothing_lost(sub.settle(), tmp_path / "outbox.db")
