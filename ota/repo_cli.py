@@ -39,6 +39,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--counter", required=True, type=int,
                    help="release counter, written into RELEASE.json (give add-gateway the same)")
     p.add_argument("--out", required=True, type=Path, help="tarball to write")
+    p.add_argument("--sbom-out", type=Path,
+                   help="also write the release's CycloneDX SBOM (publish it with add-gateway --sbom)")
     p.set_defaults(func=_guard(cmd_build_gateway))
 
     p = sub.add_parser("add-gateway", help="publish a gateway release tarball as a signed target")
@@ -117,7 +119,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_build_gateway(args: argparse.Namespace) -> int:
     release = repo_mod.build_gateway(args.source, args.version, args.out, counter=args.counter)
     print(f"{args.out}: urbanedge {release['version']}, {len(release['files'])} files")
+    if args.sbom_out is not None:
+        _release_sbom(args.out, args.version, args.sbom_out)
+        print(f"{args.sbom_out}: CycloneDX 1.6 SBOM of the release")
     return 0
+
+
+def _release_sbom(tarball: Path, version: str, out: Path) -> None:
+    """The release as built: its application digest over exactly the files of the tarball
+    (the IOC compares each gateway's running code with it), and the Python environment of the
+    build machine, where the release was built and tested."""
+    import tarfile
+    import tempfile
+
+    from ota.sbom import gateway_bom_json
+
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball, "r:gz") as tar:
+        tar.extractall(tmp, filter="data")
+        repo_mod.atomic_write(out, gateway_bom_json(app_dir=Path(tmp), release=version).encode())
 
 
 def cmd_add_gateway(args: argparse.Namespace) -> int:

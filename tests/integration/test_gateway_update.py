@@ -11,6 +11,7 @@ good version; and the outbox loses nothing through any of it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -51,9 +52,11 @@ class Release:
 
     def publish(self, version: str, counter: int, source: Path = ROOT, *, percent: int = 100) -> str:
         tarball = self.work / f"urbanedge-{version}.tar.gz"
-        ota("build-gateway", "--source", source, "--version", version, "--counter", str(counter), "--out", tarball)
+        sbom = self.work / f"urbanedge-{version}.cdx.json"
+        ota("build-gateway", "--source", source, "--version", version, "--counter", str(counter), "--out", tarball,
+            "--sbom-out", sbom)
         ota("add-gateway", "--repo", self.repo, "--keys", self.keys, "--tarball", tarball,
-            "--version", version, "--counter", str(counter))
+            "--version", version, "--counter", str(counter), "--sbom", sbom)
         target = f"gateway/urbanedge-{version}.tar.gz"
         ota("set-rollout", "--repo", self.repo, "--keys", self.keys, "--kind", "gateway",
             "--release", target, "--percent", str(percent))
@@ -207,6 +210,9 @@ def test_good_release_installs_then_broken_ones_roll_back(
         app = {h["alg"]: h["content"] for h in bom["metadata"]["component"]["hashes"]}
         built = release_digest(rel.work / "urbanedge-0.2.0.tar.gz")
         assert (app["SHA-256"], app["SHA-512"]) == (built.sha256, built.sha512)
+        # ... and the release SBOM the province published says the same.
+        published = json.loads((rel.work / "urbanedge-0.2.0.cdx.json").read_text())
+        assert published["metadata"]["component"]["hashes"] == bom["metadata"]["component"]["hashes"]
         assert any(c["name"] == "cryptography" for c in bom["components"])
 
         # A release whose agent crashes at start: the trial boots use up their tries and the
