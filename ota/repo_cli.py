@@ -132,11 +132,16 @@ def _release_sbom(tarball: Path, version: str, out: Path) -> None:
     import tarfile
     import tempfile
 
-    from ota.sbom import gateway_bom_json
+    from ota.sbom import SbomError, gateway_bom_json, validate_bom
 
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball, "r:gz") as tar:
         tar.extractall(tmp, filter="data")
-        repo_mod.atomic_write(out, gateway_bom_json(app_dir=Path(tmp), release=version).encode())
+        text = gateway_bom_json(app_dir=Path(tmp), release=version)
+    try:
+        validate_bom(text, where=str(out))
+    except SbomError as exc:
+        raise RepoError(str(exc)) from exc
+    repo_mod.atomic_write(out, text.encode())
 
 
 def cmd_add_gateway(args: argparse.Namespace) -> int:

@@ -56,12 +56,15 @@ def _error(message: str) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from ota.sbom import SbomError, gateway_bom_json
+    from ota.sbom import SbomError, gateway_bom_json, validate_bom
 
     if args.app_dir is not None and not args.app_dir.is_dir():
         return _error(f"--app-dir {args.app_dir}: not a directory")
     try:
         text = gateway_bom_json(app_dir=args.app_dir, release=args.release, serial=args.serial, cache_file=args.cache)
+        # What leaves here is checked against the strict 1.6 schema: never report a document
+        # the IOC would have to reject.
+        validate_bom(text, where="gateway SBOM")
     except SbomError as exc:
         return _error(str(exc))
     try:
@@ -82,7 +85,7 @@ def node_bundle_files(firmware_dir: Path) -> dict[str, bytes]:
 
 
 def cmd_node_bundle(args: argparse.Namespace) -> int:
-    from ota.sbom import SbomError, dumps
+    from ota.sbom import SbomError, dumps, validate_doc
     from ota.sbom_node import DEFAULT_MP_VERSION, node_bundle_bom
 
     if not args.dir.is_dir():
@@ -96,6 +99,7 @@ def cmd_node_bundle(args: argparse.Namespace) -> int:
     try:
         doc = node_bundle_bom(files, version=args.version, hw=args.hw, mp_version=args.mp_version or DEFAULT_MP_VERSION,
                               serial=args.serial)
+        validate_doc(doc, where="node bundle SBOM")
     except SbomError as exc:
         return _error(str(exc))
     try:
