@@ -117,6 +117,8 @@ def _gateway_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", required=True, help="HOST:PORT of the MQTT broker")
     p.add_argument("--broker-ca", type=Path, help="CA of the broker's certificate (enables mutual TLS)")
     p.add_argument("--no-start", action="store_true", help="write and check the config, do not start the agent")
+    p.add_argument("--update-url", help="the release repository (signed updates, docs/ota.md)")
+    p.add_argument("--update-root", type=Path, help="its TUF root metadata (REPO/metadata/1.root.json)")
     _enrol_args(p)
 
 
@@ -286,7 +288,10 @@ def cmd_gateway(args: argparse.Namespace, *, action: str = "provision", force: b
             config_path=args.config, pki_dir=args.pki_dir, template=args.template, enroller=_enroller(args),
             ioc_cert=args.ioc_cert, broker_host=broker[0], broker_port=broker[1], state_dir=_state_dir(args),
             technician=args.technician, broker_ca=args.broker_ca, start_agent=not args.no_start,
-            watch=None if args.no_start else _watch(args, broker), force=args.force if force is None else force)
+            watch=None if args.no_start else _watch(args, broker), force=args.force if force is None else force,
+            update_url=args.update_url, update_root=args.update_root)
+        if (args.update_url is None) != (args.update_root is None):
+            raise ProvisionError("usage", "--update-url and --update-root go together")
     except ProvisionError as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return EXIT_USAGE

@@ -53,6 +53,10 @@ class GatewayPlan:
     start_agent: bool = True
     watch: Watch | None = None
     force: bool = False
+    # Signed updates (docs/ota.md): the release repository and its root metadata, the only
+    # trust the gateway will ever need for updates; copied next to the config.
+    update_url: str | None = None
+    update_root: Path | None = None
 
 
 @dataclass
@@ -92,7 +96,15 @@ def render_config(plan: GatewayPlan, key: Path, chain: Path, recipient: Path) ->
     body = plan.template.read_text(encoding="utf-8")
     if "buffer" not in template:
         head += f"[buffer]\npath = {_q(buffer)}\n\n"
+    if plan.update_url is not None:
+        state = plan.config_path.parent / "update"
+        head += (f"[update]\nenabled = true\nrepository = {_q(plan.update_url)}\n"
+                 f"root = {_q(update_root_path(plan))}\nstate_dir = {_q(state)}\nslots = {_q(state / 'slots')}\n\n")
     return head + body
+
+
+def update_root_path(plan: GatewayPlan) -> Path:
+    return plan.config_path.parent / "update-root.json"
 
 
 def _same_key(cert: x509.Certificate, key: Any) -> bool:
@@ -139,6 +151,13 @@ def provision_gateway(plan: GatewayPlan, step: Callable[[str], Any]) -> GatewayR
         write_public_file(chain_path, b"".join(c.public_bytes(PEM) for c in [cert, *chain]))
         write_public_file(recipient_path, load_cert(plan.ioc_cert).public_bytes(PEM))
     with step("step.gateway_config"):
+        if plan.update_root is not None:
+            try:
+                root = plan.update_root.read_bytes()
+                json.loads(root)
+            except (OSError, ValueError) as exc:
+                raise ProvisionError("config_invalid", f"{plan.update_root}: not a readable TUF root ({exc})") from None
+            write_public_file(update_root_path(plan), root)
         text = render_config(plan, key_path, chain_path, recipient_path)
         plan.config_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = plan.config_path.with_suffix(".tmp")
@@ -165,9 +184,11 @@ def provision_gateway(plan: GatewayPlan, step: Callable[[str], Any]) -> GatewayR
 
 
 def start_agent(config: Path) -> int:
-    """Start ``urbanedge run`` in the background (its own session, log next to the config);
-    the pid goes to ``<config>.pid``. A service manager (systemd unit in docs/operations.md)
-    takes over on real gateways; this is the first start the technician watches."""
+    """Start the agent in the background through ``urbanedge launch --supervise`` (so signed
+    updates and roll-back work from the first start; its own session, log next to the config);
+    the launcher's pid goes to ``<config>.pid``. A service manager (systemd unit in
+    docs/operations.md) takes over on real gateways; this is the first start the technician
+    watches."""
     log_path = config.with_suffix(".log")
     pid_path = config.with_suffix(".pid")
     if pid_path.exists():
@@ -179,7 +200,7 @@ def start_agent(config: Path) -> int:
         except (ValueError, OSError):
             pass
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "urbanedge", "run", "-c", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "urbanedge", "launch", "-c", str(config), "--supervise"],
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     pid_path.write_text(f"{proc.pid}\n")
     time.sleep(1.0)

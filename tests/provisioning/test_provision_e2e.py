@@ -286,7 +286,12 @@ interval = 1
 """)
     gw = "gw-canal-3"
     config = field.tmp / "etc" / "agent.toml"
-    args = ["provision", "gateway", "--gateway-id", gw, "--serial", "RPI-0099", "--site", SITE, "--province", "79",
+    from ota.repo import Repo
+
+    releases = Repo.create(field.tmp / "releases", field.tmp / "release-keys")
+    update = ["--update-url", "http://127.0.0.1:9/", "--update-root", str(releases.bootstrap_root_path)]
+    args = ["provision", "gateway", *update, "--gateway-id", gw, "--serial", "RPI-0099", "--site", SITE,
+            "--province", "79",
             "--template", str(template), "--config", str(config), "--pki-dir", str(field.tmp / "etc" / "pki"),
             "--broker", f"127.0.0.1:{field.broker.port}", "--ioc-cert", str(field.pki.ioc_recipient_cert),
             "--root", str(field.pki.root_cert), "--est", field.est_url,
@@ -298,6 +303,10 @@ interval = 1
         assert "[6/6]" in res.stdout, res.stdout
         key = field.tmp / "etc" / "pki" / "gateway.key"
         assert oct(key.stat().st_mode & 0o777) == "0o600"
+        # Updates enabled, trusting exactly the release repository's root it was given.
+        text = config.read_text()
+        assert "[update]\nenabled = true\nrepository = \"http://127.0.0.1:9/\"" in text
+        assert (config.parent / "update-root.json").read_bytes() == releases.bootstrap_root_path.read_bytes()
         wait_for(lambda: any(r["type"] == "telemetry" for r in field.ioc_records(gw)), 30, "the gateway's readings")
         # Again, on the same gateway: refused, nothing reissued.
         res = run(*args[:-10], "--token", field.token(gw, "RPI-0099", profile="gateway"), "--wait", "0",
