@@ -1,110 +1,97 @@
-# Entry point of the node agent (main.py at the root of the board's file system, run at boot;
-# on the unix port: `micropython firmware/main.py` with UE_STORAGE naming the storage folder).
+# The loader: main.py at the root of the board's file system, run at boot (unix port:
+# `micropython firmware/main.py` with UE_STORAGE naming the storage folder). It is never
+# updated over the air, so it stays small and trusts nothing it reads.
 #
-# storage/node.json        configuration (docs/firmware.md)
-# storage/id/              identity (ue/identity.py): key made by provisioning, on the node
-# storage/log/             flash log
+# It picks the app slot from <storage>/app/boot.json (layout: ue/ota.py) and runs ue.app from
+# it: "factory" (the ue/ shipped next to this file), or "a"/"b" (an OTA release).
+# - missing or unreadable boot.json, or a slot without ue/app.py -> factory, never a crash;
+# - a pending trial: when it already had MAX_TRIES boots, or the app marked it failed, fall
+#   back to the committed slot, clear the trial and leave a "rolled_back" note the app
+#   reports; otherwise count this boot (persisted BEFORE the new code runs) and run it.
+# A crash of an OTA slot's app ends in a reset (machine.reset(); unix: exit code 75), so the
+# trial counter decides, as it does after a watchdog reset.
 #
-# A node without a certificate (a blank one included), or one whose technician asks for it
-# (hal.provisioning_requested: BOOT held after reset; UE_PROVISION=1 on unix), starts in
-# provisioning mode: it answers the laptop's requests on the console (ue/provision.py,
-# docs/provisioning-protocol.md) until `reboot`, then starts again (ESP32: machine.reset();
-# unix: in this process, into normal mode once it has its certificate).
-#
-# Exit codes (unix port): 2 bad configuration or identity, 3 the console closed while in
-# provisioning mode (no `reboot` came).
+# Exit codes (unix port): those of ue/app.py (2 bad configuration or identity, 3 the console
+# closed in provisioning mode) and 75: reset me (the tests' supervisor starts us again).
 
 import os
 import sys
 
-from ue import hal, identity, node
+RESET = 75
+MAX_TRIES = 2
 
 
-def _has_cert(id_dir):
+def _write(path, st):
+    import json
+
+    with open(path + ".tmp", "w") as f:
+        json.dump(st, f)
+    os.rename(path + ".tmp", path)  # atomic on littlefs and POSIX
+
+
+def choose(app_dir):
+    path = app_dir + "/boot.json"
     try:
-        os.stat(id_dir + "/" + identity.CERT_FILE)
-        return True
-    except OSError:
-        return False
+        import json
 
-
-def provisioning(storage, why):
-    # -> True when the laptop sent `reboot`, False when the console closed first.
-    print("event=provisioning_mode reason=%s" % why)
-    from ue import provision
-
-    rd, wr = provision.console()
-    how = provision.serve(storage, rd, wr)
-    if how != "reboot":
-        try:
-            print("event=provisioning_ended reason=%s" % how)
-        except OSError:
-            pass  # the console is what went away
-        return False
-    if hal.ESP32:
-        import machine
-
-        hal.sleep_ms(200)  # let the answer leave the USB-serial bridge before the reset
-        machine.reset()
-    return True
-
-
-def run(storage, id_dir):
-    try:
-        cfg = node.load_config(storage + "/node.json")
-    except node.ConfigError as e:
-        print("event=config_invalid problem=%s" % node._q(e))
-        return 2
-    wifi = cfg.get("wifi", {})
-    if not hal.network_up(wifi.get("ssid"), wifi.get("password")):
-        print("event=network_down ssid=%s" % wifi.get("ssid"))
-    elif hal.ESP32:
-        # Readings carry Unix time and certificates are checked against it: the RTC must be set
-        # before the first reading. A failure is retried by the next boot (the watchdog's).
-        try:
-            import ntptime
-
-            ntptime.settime()
-        except Exception as e:  # no NTP server reachable: keep going, times will be wrong
-            print("event=ntp_failed reason=%s" % node._q(repr(e)))
-    try:
-        agent = node.Node(cfg, storage, log=_log_sink())
-    except identity.IdentityError as e:
-        print("event=identity_invalid problem=%s" % node._q(e))
-        return 2
-    import asyncio
-
-    asyncio.run(agent.run())
-    return 0
-
-
-def _log_sink():
-    # Normal-mode log lines go to the console (the USB serial line on a board). On the unix
-    # port UE_LOG=stderr sends them to stderr instead: a practice rig whose "USB cable" nobody
-    # reads after provisioning would otherwise fill the pty and stall the node.
-    if not hal.ESP32 and os.getenv("UE_LOG") == "stderr":
-        def to_stderr(line):
-            sys.stderr.write(line + "\n")
-
-        return to_stderr
-    return print
+        with open(path) as f:
+            st = json.load(f)
+        trial = st.get("trial")
+        if trial:
+            if trial.get("tries", 0) >= MAX_TRIES or trial.get("failed"):
+                why = trial.get("failed") or "no commit after %d boots" % trial.get("tries", 0)
+                st["rolled_back"] = {"version": trial.get("version"), "counter": trial.get("counter", 0),
+                                     "reason": why}
+                st["trial"] = None
+                st["active"] = st.get("committed", "factory")
+                _write(path, st)
+                print("event=ota_rolled_back slot=%s to=%s" % (trial.get("slot"), st["active"]))
+            else:
+                trial["tries"] = trial.get("tries", 0) + 1
+                _write(path, st)
+                slot = trial.get("slot")
+                print("event=ota_trial_boot slot=%s tries=%d" % (slot, trial["tries"]))
+                return slot
+        return st.get("committed", "factory")
+    except Exception as e:  # no boot.json, a torn one, a wrong type: the factory app
+        if not isinstance(e, OSError):
+            print("event=ota_boot_json_unusable reason=%r" % e)
+        return "factory"
 
 
 def main():
-    storage = hal.ensure_dir(hal.storage_dir())
-    id_dir = hal.ensure_dir(storage + "/id")
-    requested = hal.provisioning_requested()
-    while requested or not _has_cert(id_dir):
-        if not provisioning(storage, "requested" if requested else "no_certificate"):
-            return 3
-        requested = False  # asked for once, at boot; a node still without a certificate asks again
-        import gc
+    storage = "/data" if sys.platform == "esp32" else (os.getenv("UE_STORAGE") or ".")
+    app_dir = storage + "/app"
+    slot = choose(app_dir)
+    if slot in ("a", "b"):
+        try:
+            os.stat(app_dir + "/" + slot + "/ue/app.py")
+            sys.path.insert(0, app_dir + "/" + slot)
+        except OSError:
+            slot = "factory"
+    else:
+        slot = "factory"
+    for name in list(sys.modules):
+        if name == "ue" or name.startswith("ue."):
+            del sys.modules[name]
+    if slot == "factory":
+        from ue import app
 
-        gc.collect()
-    return run(storage, id_dir)
+        return app.main(slot)
+    try:
+        from ue import app
+
+        return app.main(slot)
+    except Exception as e:
+        sys.print_exception(e)
+        return RESET
 
 
 if __name__ == "__main__":
     code = main()
-    if code and not hal.ESP32:
+    if code == RESET and sys.platform == "esp32":
+        import machine
+
+        machine.reset()
+    if code and sys.platform != "esp32":
         sys.exit(code)

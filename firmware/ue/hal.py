@@ -139,16 +139,39 @@ def direction_pin(pin_no: int, active_high: bool = True) -> "Callable[[bool], No
 
 
 class Watchdog:
-    # machine.WDT on the ESP32 (cannot be stopped once started); nothing on unix.
+    # machine.WDT on the ESP32 (cannot be stopped once started; expiry resets the chip).
+    #
+    # Unix port stand-in, off unless UE_WDT=<timeout ms> is set (the tests set it short): a
+    # thread checks the time of the last feed and, once the timeout passed, does what the
+    # chip's watchdog does, an immediate reset without cleanup: SIGKILL of this process (the
+    # tests' supervisor powers it on again, as the reset circuit would). The unix port has no
+    # os._exit and no signal module; `kill -9 $PPID` run by os.system's shell names us.
 
     def __init__(self, timeout_ms: int = 30000) -> None:
         self._wdt = None
+        self._fed = time.ticks_ms()
+        self._timeout = timeout_ms
         if ESP32:
             from machine import WDT
 
             self._wdt = WDT(timeout=timeout_ms)
+        elif os.getenv("UE_WDT"):
+            import _thread
+
+            self._timeout = int(os.getenv("UE_WDT") or "0") or timeout_ms
+            _thread.start_new_thread(self._watch, ())
+
+    def _watch(self):
+        # No allocation in this loop: the unix port's threads share the heap without a lock.
+        while True:
+            time.sleep_ms(200)
+            if time.ticks_diff(time.ticks_ms(), self._fed) > self._timeout:
+                print("event=watchdog_expired")
+                os.system("kill -9 $PPID")
+                return
 
     def feed(self):
+        self._fed = time.ticks_ms()
         if self._wdt is not None:
             self._wdt.feed()
 

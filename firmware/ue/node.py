@@ -15,8 +15,12 @@
 # iterates them (twice), never all at once; the sealed message is the largest buffer.
 
 import asyncio
+import binascii
 import gc
+import hashlib
 import json
+import os
+import sys
 import time
 
 from ue import cose, hal, mqtt, records, sensors
@@ -51,6 +55,34 @@ def _log_line(line):
 
 def _q(text):
     return '"' + str(text).replace('"', "'") + '"'
+
+
+# --- SBOM ---------------------------------------------------------------------------------
+
+def sbom_body(release):
+    # The node's SBOM event (docs: "a node sends"): MicroPython version, release, and the
+    # SHA-256 of every file of the ue package that actually runs (read from where it was
+    # imported, so a mixed or tampered slot shows). Frozen/ROMFS code has no files: {}.
+    import ue
+
+    files: "dict[str, str]" = {}
+    f = getattr(ue, "__file__", None)
+    d = f[:f.rfind("/")] if f and "/" in f else ("." if f else None)
+    if d is not None:
+        buf = bytearray(1024)
+        mv = memoryview(buf)
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".py") or name.endswith(".mpy"):
+                h = hashlib.sha256()
+                with open(d + "/" + name, "rb") as fh:
+                    while True:
+                        n = fh.readinto(buf)
+                        if not n:
+                            break
+                        h.update(mv[:n])
+                files["ue/" + name] = binascii.hexlify(h.digest()).decode()
+    return {"event": "sbom", "mp": ".".join(str(x) for x in sys.implementation.version[:3]),
+            "release": release or "", "files": files}
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -140,11 +172,32 @@ def load_config(path):
     if _field(lg, lp, "n_segs", int, 8) < 2:
         raise ConfigError("%s: field log.n_segs: at least 2" % path)
     _field(cfg, top, "wifi", dict, {})
+    _field(cfg, top, "hw", str, "esp32")
+    upd = _field(cfg, top, "ota", dict)
+    if upd is not None:
+        op = (path, "ota.")
+        url = _field(upd, op, "url", str, required=True)
+        if not url.startswith("http://"):
+            raise ConfigError("%s: field ota.url: an http:// URL (files are checked against the signed manifest)" % path)
+        keys = _field(upd, op, "keys", list, required=True)
+        if not keys:
+            raise ConfigError("%s: field ota.keys: at least one node-release public key" % path)
+        for i, k in enumerate(keys):
+            if not (isinstance(k, str) and len(k) == 130 and k[:2] == "04"):
+                raise ConfigError("%s: field ota.keys[%d]: hex of a 65-byte SEC1 uncompressed P-256 key" % (path, i))
+            try:
+                int(k, 16)
+            except ValueError:
+                raise ConfigError("%s: field ota.keys[%d]: not hex" % (path, i))
+        for name in ("check_s", "trial_s"):
+            if _field(upd, op, name, (int, float), 1) <= 0:
+                raise ConfigError("%s: field ota.%s: must be > 0" % (path, name))
     return cfg
 
 
 class Node:
-    def __init__(self, cfg, storage, log=_log_line):
+    # slot: the app slot the loader runs ("factory", "a", "b"; ue/ota.py).
+    def __init__(self, cfg, storage, log=_log_line, slot="factory"):
         self.cfg = cfg
         self.log = log
         self.src = cfg["node_id"]
@@ -179,6 +232,17 @@ class Node:
         self.poll_failures = 0
         self.uplink_errors = 0
         self.sent_records = 0
+        self.good_polls = 0
+        self.exit_code = 0
+        self._stop = asyncio.Event()
+        self._crash = None
+        self.ota = None
+        if "ota" in cfg:
+            # Loaded only where configured: the updater's code is heap on the unix port.
+            from ue import ota
+
+            self.ota = ota.Updater(cfg["ota"], self.src, cfg.get("hw", "esp32"), storage, slot,
+                                   self._event, self.log, VERSION)
         self._announced_on = 0
         self._reported_drops = self.flog.dropped
         self._first_pending_ms = None
@@ -204,6 +268,9 @@ class Node:
 
     # -- recording -----------------------------------------------------------------------
 
+    def _event(self, body):
+        self.record(EVENT, self.src, body)
+
     def record(self, prio, device_id, body, ts_ms=None):
         if ts_ms is None:
             ts_ms = wall_ms()
@@ -227,6 +294,8 @@ class Node:
         body = {"kind": dev["kind"], "quality": quality, "values": values}
         if bad:
             body["q"] = bad
+        if quality != "error":
+            self.good_polls += 1
         if quality == "error" and not values:
             reason = sensors.error_reason(self.master) or "error"
             body["error"] = reason
@@ -356,14 +425,53 @@ class Node:
                 self.log("event=uplink_error reason=%s" % _q(repr(e)))
                 await asyncio.sleep_ms(1000)
 
+    # -- OTA hooks -------------------------------------------------------------------------
+
+    def self_test(self):
+        # None once this run proved itself (the commit condition of an OTA trial), else what
+        # is still missing.
+        if not self.client.connects:
+            return "no MQTT connection"
+        if not self.good_polls:
+            return "no sensor polled successfully"
+        if not self.sent_batches:
+            return "no sealed batch acknowledged"
+        return None
+
+    def request_reset(self, code=75):  # ue/ota.py RESET
+        self.exit_code = code
+        self._stop.set()
+
+    async def _guard(self, coro):
+        try:
+            await coro
+        except Exception as e:  # the uplink's crash ends the run, as it always did
+            self._crash = e
+            self._stop.set()
+
     async def run(self):
+        """Returns 0, or 75 (ue/ota.py RESET) when an update (or a failed trial) wants a reset."""
         # The start is on flash before it is announced on the console.
         self.record(EVENT, self.src, {"event": "agent_started", "version": VERSION})
         self.log("event=node_started src=%s version=%s pending=%d dropped=%d"
                  % (self.src, VERSION, self.flog.pending(), self.flog.dropped))
-        poll = asyncio.create_task(self.poll_loop())
+        if self.ota is None:
+            # With OTA the updater sends it (with the release it knows); here: the factory's.
+            try:
+                self._event(sbom_body(VERSION))
+            except (OSError, MemoryError, ValueError) as e:  # (ValueError: too big for the log) a report must not stop the node
+                self.log("event=sbom_failed reason=%s" % _q(repr(e)))
+            gc.collect()
+        tasks = [asyncio.create_task(self.poll_loop()), asyncio.create_task(self._guard(self.uplink_loop()))]
+        if self.ota is not None:
+            tasks.append(asyncio.create_task(self.ota.run(self.self_test, self.request_reset,
+                                                          lambda: wall_ms() // 1000)))
         try:
-            await self.uplink_loop()
+            await self._stop.wait()
         finally:
-            poll.cancel()
+            for t in tasks:
+                t.cancel()
             self.flog.close()
+        if self._crash is not None:
+            raise self._crash
+        return self.exit_code
