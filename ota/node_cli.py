@@ -82,8 +82,24 @@ def add_node_bundle(repo: Path, firmware_dir: Path, version: str, hw: str) -> li
         raise BadInput(f"{src}: the node would refuse this app: {e}") from e
     for p in sources:
         _atomic_write(dest / "ue" / p.name, p.read_bytes())
+    _atomic_write(dest / "bundle.cdx.json", _bundle_sbom(firmware_dir, version, hw).encode())
     log.info("event=node_bundle_added hw=%s version=%s files=%d dir=%s", hw, version, len(sources), dest)
     return [e[0] for e in entries]
+
+
+def _bundle_sbom(firmware_dir: Path, version: str, hw: str) -> str:
+    """The bundle's build SBOM, published beside it: the IOC checks what nodes report against it
+    (``urbanedge ioc sbom --releases REPO``)."""
+    from ota.sbom import SbomError, dumps, validate_doc
+    from ota.sbom_cli import node_bundle_files
+    from ota.sbom_node import node_bundle_bom
+
+    try:
+        doc = node_bundle_bom(node_bundle_files(firmware_dir), version=version, hw=hw)
+        validate_doc(doc, where="node bundle SBOM")
+    except SbomError as exc:
+        raise BadInput(str(exc)) from exc
+    return dumps(doc)
 
 
 def bundle_files(repo: Path, hw: str, version: str) -> tuple[tuple[str, int, bytes], ...]:

@@ -50,6 +50,9 @@ def test_the_readme_update_walkthrough_works(tmp_path: Path) -> None:
         assert by_release[("flood-node-01", "0.2.0")] == "success", out
         assert by_release[("gw-lab", "0.3.0")] == "rolled-back", out
         assert by_release[("flood-node-01", "0.3.0")] == "rolled-back", out
+        # The IOC compared each device's SBOM with the release's published SBOM: no drift.
+        sbom_rows = {r[0]: r for r in (line.split() for line in out.splitlines()) if len(r) >= 4 and r[2] == "0.2.0"}
+        assert sbom_rows["gw-lab"][3] == "match" and sbom_rows["flood-node-01"][3] == "match", out
         for device in ("gw-lab", "flood-node-01"):
             doc = json.loads((tmp_path / "ota-lab" / "sboms" / f"{device}.cdx.json").read_text())
             validate_doc(doc)
