@@ -27,11 +27,11 @@ from urbanedge.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1764000000.0
 
+# What the node itself sends (ue/node.py sbom_body hashes the ue package it runs from).
 NODE_REPORT_SCRIPT = """
 import json
-from ue import ota
-print(json.dumps({"event": "sbom", "mp": ota.mp_version(), "release": "0.2.0",
-                  "files": ota.app_files(%r)}))
+from ue import node
+print(json.dumps(node.sbom_body("0.2.0")))
 """
 
 
@@ -50,7 +50,7 @@ def make_slot(root: Path, app_text: bytes = b"print('agent')\n") -> Path:
 @pytest.fixture(scope="module")
 def node_report() -> dict[str, Any]:
     """What a node running firmware/ue reports, computed by the node's own code."""
-    report: dict[str, Any] = json.loads(run_mp(NODE_REPORT_SCRIPT % str(FIRMWARE / "ue"), heap="2m"))
+    report: dict[str, Any] = json.loads(run_mp(NODE_REPORT_SCRIPT, heap="2m"))
     assert report["files"] and all(p.startswith("ue/") for p in report["files"])
     return report
 
