@@ -23,14 +23,12 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-from provisioning.lab import REPO, Lab, LabError, _free_port, _port_open, _text, _wait
+from provisioning.lab import REPO, Lab, LabError, _free_port, _port_open, _text, _wait, run_lab
 
 GATEWAY_ID = "gw-lab"
 PACKAGES = ("agent", "drivers", "pki", "ioc", "ota", "provisioning", "urbanedge", "config")
@@ -169,22 +167,4 @@ interval = 5
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    lab = OtaLab(args.dir, args.firmware)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        lab.start()
-    except (LabError, OSError, subprocess.SubprocessError) as exc:
-        lab.stop()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"update lab ready in {lab.dir} (variables in {lab.dir / 'lab.env'}):", flush=True)
-    for k, v in lab.env.items():
-        print(f"  {k}={v}")
-    print(f"In another terminal: . {lab.dir / 'lab.env'} and follow README.md, \"Updates\". Ctrl-C stops.", flush=True)
-    try:
-        stop.wait(args.duration)
-    finally:
-        lab.stop()
-    return 0
+    return run_lab(OtaLab(args.dir, args.firmware), args.duration, "update lab", "Updates")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from ota.node_manifest import (
     public_key_hex,
     sign_manifest,
 )
+from ota.repo import atomic_write
 
 log = logging.getLogger("ota.node")
 
@@ -38,17 +38,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class BadInput(ValueError):
     """Bad arguments or input files: exit code 2."""
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _check_name(what: str, value: str, pattern: re.Pattern[str]) -> str:
@@ -81,8 +70,8 @@ def add_node_bundle(repo: Path, firmware_dir: Path, version: str, hw: str) -> li
     except ManifestRejected as e:
         raise BadInput(f"{src}: the node would refuse this app: {e}") from e
     for p in sources:
-        _atomic_write(dest / "ue" / p.name, p.read_bytes())
-    _atomic_write(dest / "bundle.cdx.json", _bundle_sbom(firmware_dir, version, hw).encode())
+        atomic_write(dest / "ue" / p.name, p.read_bytes())
+    atomic_write(dest / "bundle.cdx.json", _bundle_sbom(firmware_dir, version, hw).encode())
     log.info("event=node_bundle_added hw=%s version=%s files=%d dir=%s", hw, version, len(sources), dest)
     return [e[0] for e in entries]
 
@@ -140,7 +129,7 @@ def write_node_manifest(repo: Path, key_pem: Path, node: str, hw: str, version: 
     except ManifestError as e:
         raise BadInput(str(e)) from e
     out = repo / "nodes" / f"{node}.manifest"
-    _atomic_write(out, data)
+    atomic_write(out, data)
     log.info("event=node_manifest_written node=%s hw=%s version=%s counter=%d files=%d path=%s",
              node, hw, version, counter, len(manifest.files), out)
     return out

@@ -242,23 +242,27 @@ def _readline(stream: IO[str], timeout: float, what: str) -> str:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    lab = Lab(args.dir, args.firmware)
+    return run_lab(Lab(args.dir, args.firmware), args.duration, "field lab", "Provisioning")
+
+
+def run_lab(lab: Lab, duration: float | None, name: str, section: str) -> int:
+    """Start ``lab``, print its variables, run until Ctrl-C/SIGTERM or ``duration``, stop it."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         lab.start()
-    except (LabError, OSError) as exc:
+    except (LabError, OSError, subprocess.SubprocessError) as exc:
         lab.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"field lab ready in {lab.dir} (variables in {lab.dir / 'lab.env'}):", flush=True)
+    print(f"{name} ready in {lab.dir} (variables in {lab.dir / 'lab.env'}):", flush=True)
     for k, v in lab.env.items():
         print(f"  {k}={v}")
-    print(f"In another terminal: . {lab.dir / 'lab.env'} and follow README.md, \"Provisioning\". Ctrl-C stops.",
+    print(f"In another terminal: . {lab.dir / 'lab.env'} and follow README.md, \"{section}\". Ctrl-C stops.",
           flush=True)
     try:
-        stop.wait(args.duration)
+        stop.wait(duration)
     finally:
         lab.stop()
     return 0

@@ -6,7 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/system-packages.sh
 system_packages mosquitto socat
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+project_venv "[test]"
 exec .venv/bin/urbanedge ota lab --dir ota-lab "$@"

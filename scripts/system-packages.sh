@@ -1,4 +1,4 @@
-# Sourced by test.sh and field-lab.sh: installs the Debian packages named, unless what each
+# Sourced by test.sh and the lab scripts: installs the Debian packages named, unless what each
 # provides is already there. Usage: system_packages mosquitto socat [openssl] [postgresql]
 system_packages() {
   local need=() pkg
@@ -17,4 +17,11 @@ system_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
   export PATH="$PATH:/usr/sbin"
+}
+
+# ./.venv with this package installed in editable mode, with the extras given (e.g. "[test]").
+project_venv() {
+  local py=${PYTHON:-python3}
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${1:-}"
 }

@@ -12,9 +12,7 @@ cd "$(dirname "$0")/.."
 . scripts/system-packages.sh
 system_packages mosquitto socat openssl postgresql
 
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+project_venv "[test]"
 
 echo "== ruff"
 .venv/bin/ruff check .

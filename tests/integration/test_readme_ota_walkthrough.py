@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,10 @@ import pytest
 from ota.sbom import validate_doc
 from tests.support.process import stop_process
 from tests.support.procs import wait_for
+from tests.support.readme import shell_block
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.slow
-
-
-def walkthrough() -> str:
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- ota-lab-walkthrough -->\s*```sh\n(.*?)```", text, re.S)
-    assert m, "README.md lost its update walkthrough block"
-    return m.group(1)
 
 
 def test_the_readme_update_walkthrough_works(tmp_path: Path) -> None:
@@ -40,7 +33,8 @@ def test_the_readme_update_walkthrough_works(tmp_path: Path) -> None:
     lab_log.close()
     try:
         wait_for(lambda: "update lab ready" in (tmp_path / "lab.out").read_text(), 180, "the lab", step=0.2)
-        res = subprocess.run(["bash", "-euo", "pipefail", "-c", walkthrough()], cwd=tmp_path, env=env,
+        script = shell_block("ota-lab-walkthrough")
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600, check=False)
         out = res.stdout
         assert res.returncode == 0, out + res.stderr + (tmp_path / "lab.out").read_text()

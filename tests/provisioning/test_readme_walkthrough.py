@@ -13,15 +13,9 @@ from pathlib import Path
 
 from tests.support.process import stop_process
 from tests.support.procs import wait_for
+from tests.support.readme import shell_block
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def walkthrough() -> str:
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- field-lab-walkthrough -->\s*```sh\n(.*?)```", text, re.S)
-    assert m, "README.md lost its field-lab walkthrough block"
-    return m.group(1)
 
 
 def test_the_readme_provisioning_walkthrough_works(tmp_path: Path) -> None:
@@ -37,7 +31,8 @@ def test_the_readme_provisioning_walkthrough_works(tmp_path: Path) -> None:
     lab_log.close()
     try:
         wait_for(lambda: "field lab ready" in (tmp_path / "lab.out").read_text(), 90, "the lab")
-        res = subprocess.run(["bash", "-euo", "pipefail", "-c", walkthrough()], cwd=tmp_path, env=env,
+        script = shell_block("field-lab-walkthrough")
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=240, check=False)
         out = res.stdout
         assert res.returncode == 0, out + res.stderr
