@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ota.release_meta import Rollout, in_cohort
+
 GOOD = frozenset({"success"})
 BAD = frozenset({"failed", "rolled-back", "rejected"})
 STATES = frozenset({"queued", "downloading", "installing", "restarting", "verifying"}) | GOOD | BAD
@@ -66,3 +68,8 @@ def should_halt(t: Tally, *, max_failure_ratio: float, min_finished: int = 1) ->
         return False, ""
     return True, (f"{len(t.failed)} of {t.finished} devices failed release {t.release} "
                   f"({t.failure_ratio():.0%} > {max_failure_ratio:.0%})")
+
+
+def node_cohort(nodes: Iterable[tuple[str, str]], rollout: Rollout) -> list[str]:
+    """The nodes (id, site) a rollout takes: the gateways' own rule, applied for them."""
+    return sorted({node for node, site in nodes if in_cohort(rollout, node, site)})

@@ -1,6 +1,12 @@
 """``urbanedge ota rollout``: point a cohort at a release, watch the devices' reports, stop it
 when too many fail.
 
+Gateways read a signed rollout pointer (``rollouts/gateway.json``) and decide themselves
+whether they are in the cohort. Nodes cannot run TUF: for ``--kind node-<hw>`` the cohort is
+chosen here, from the nodes in service (``--inventory``, or ``--node ID@SITE``) with the same
+bucketing, and each node in it gets its signed manifest; halting withdraws the manifests of
+the nodes that have not started.
+
 The watch reads the IOC's store of verified records (the devices' sealed ``ota_status``
 events), so what halts a rollout is what the devices themselves signed, not what a server
 believes it sent. Exit codes: 0 the watch ended without passing the threshold, 1 the rollout
@@ -33,6 +39,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--watch", type=float, default=0.0, help="seconds to keep watching (0: look once)")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between looks")
     p.add_argument("--json", action="store_true", help="print the final tally as JSON")
+    n = p.add_argument_group("nodes (--kind node-<hw>)")
+    n.add_argument("--version", help="the node bundle's version (ota add-node-bundle)")
+    n.add_argument("--counter", type=int, help="its release counter")
+    n.add_argument("--key", type=Path, help="the node-release key (KEYS/node-release.key.pem)")
+    n.add_argument("--inventory", type=Path, help="the provisioning inventory: the nodes in service and their sites")
+    n.add_argument("--node", action="append", default=[], metavar="ID@SITE", help="a node (repeatable)")
     p.set_defaults(func=cmd_rollout)
 
 
@@ -63,13 +75,75 @@ def _summary(t: Tally) -> dict[str, Any]:
             "failure_ratio": round(t.failure_ratio(), 3), "reasons": t.reasons}
 
 
-def cmd_rollout(args: argparse.Namespace) -> int:
-    from ota.release_meta import parse_rollout
-    from ota.repo import Repo, RepoError, rollout_target
+def _nodes(args: argparse.Namespace) -> list[tuple[str, str]]:
+    nodes = []
+    for spec in args.node:
+        node, _, site = spec.partition("@")
+        nodes.append((node, site))
+    if args.inventory is not None:
+        from provisioning.inventory import Inventory
 
+        inv = Inventory(args.inventory)
+        ids = sorted({e.device_id for e in inv.entries() if e.kind == "node"})
+        nodes += [(i, cur.site) for i in ids if (cur := inv.current(i)) is not None]
+    return nodes
+
+
+def cmd_node_rollout(args: argparse.Namespace) -> int:
+    from ota.node_cli import BadInput, write_node_manifest
+    from ota.release_meta import Rollout
+    from ota.rollout import node_cohort
+
+    hw = args.kind.removeprefix("node-")
+    if not (args.version and args.counter is not None and args.key and args.percent is not None):
+        print("error: a node rollout needs --version, --counter, --key and --percent", file=sys.stderr)
+        return 2
+    nodes = _nodes(args)
+    if not nodes:
+        print("error: no nodes: give --inventory or --node ID@SITE", file=sys.stderr)
+        return 2
+    # The id is the release's: widening the same release keeps every node's bucket.
+    rollout = Rollout(id=f"r-{args.kind}-{args.version}", release=args.version,
+                      sites=tuple(args.site) if args.site else None, percent=args.percent, state="active")
+    cohort = node_cohort(nodes, rollout)
+    try:
+        for node in cohort:
+            write_node_manifest(args.repo, args.key, node, hw, args.version, args.counter)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"rollout {rollout.id}: node release {args.version} to {len(cohort)} of {len(nodes)} nodes")
+    deadline = time.monotonic() + args.watch
+    while True:
+        t = tally(_records(args.store), args.version)
+        print(f"  {len(t.succeeded)} succeeded, {len(t.failed)} failed, {len(t.in_progress)} in progress", flush=True)
+        halt, why = should_halt(t, max_failure_ratio=args.max_failures, min_finished=args.min_finished)
+        if halt:
+            withdrawn = [n for n in cohort if n not in t.latest]
+            for node in withdrawn:
+                (args.repo / "nodes" / f"{node}.manifest").unlink(missing_ok=True)
+            print(f"HALTED: {why}; manifests withdrawn from {len(withdrawn)} nodes that had not started")
+            for dev, reason in sorted(t.reasons.items()):
+                print(f"  {dev}: {reason}")
+            if args.json:
+                print(json.dumps(_summary(t)))
+            return 1
+        if time.monotonic() >= deadline:
+            if args.json:
+                print(json.dumps(_summary(t)))
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
     if not 0.0 <= args.max_failures <= 1.0:
         print("error: --max-failures: must be between 0 and 1", file=sys.stderr)
         return 2
+    if args.kind.startswith("node-"):
+        return cmd_node_rollout(args)
+    from ota.release_meta import parse_rollout
+    from ota.repo import Repo, RepoError, rollout_target
+
     try:
         repo = Repo.open(args.repo, args.keys)
         current = None

@@ -73,3 +73,40 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     r = run("rollout", "--repo", repo, "--keys", keys, "--kind", "gateway", "--store", "sqlite:x.db",
             "--release", "gateway/nope.tar.gz", "--percent", "5")
     assert r.returncode == 2 and "no such target" in r.stderr
+
+
+def test_node_rollout_signs_manifests_for_the_cohort_and_halts_by_withdrawing_them(tmp_path: Path) -> None:
+    repo, keys = tmp_path / "repo", tmp_path / "keys"
+    assert run("init", "--repo", repo, "--keys", keys).returncode == 0
+    assert run("add-node-bundle", "--repo", repo, "--dir", ROOT / "firmware", "--version", "0.2.0",
+               "--hw", "esp32").returncode == 0
+    nodes = [f"--node=n{i:02d}@{'canal-7' if i % 2 else 'lake-2'}" for i in range(40)]
+    db = tmp_path / "ioc.db"
+    with open_store(f"sqlite:{db}") as store:
+        store.accept("n00", [{**status_event(1, "n00", "queued"), "seq": 1}], received_at=1.0)
+    common = ["--repo", repo, "--keys", keys, "--kind", "node-esp32", "--store", f"sqlite:{db}",
+              "--version", "0.2.0", "--counter", "2", "--key", keys / "node-release.key.pem", *nodes]
+    r = run("rollout", *common, "--percent", "50", "--site", "canal-7")
+    assert r.returncode == 0, r.stdout + r.stderr
+    signed = sorted(p.stem for p in (repo / "nodes").glob("*.manifest"))
+    # Only canal-7 nodes (odd numbers), about half of them; widening keeps them all.
+    assert signed and all(int(n[1:]) % 2 for n in signed) and len(signed) < 20
+    r = run("rollout", *common, "--percent", "100", "--site", "canal-7")
+    wider = sorted(p.stem for p in (repo / "nodes").glob("*.manifest"))
+    assert set(signed) < set(wider) and len(wider) == 20
+
+    with open_store(f"sqlite:{db}") as store:
+        first, second = wider[0], wider[1]
+        store.accept(first, [status_event(1, first, "rolled-back", "no PUBACK")], received_at=2.0)
+        store.accept(second, [status_event(1, second, "downloading")], received_at=2.0)
+    halted = run("rollout", *common, "--percent", "100", "--site", "canal-7", "--max-failures", "0.5")
+    assert halted.returncode == 1 and "HALTED" in halted.stdout, halted.stdout + halted.stderr
+    # The failed node and the one already downloading keep their manifests; the rest never start.
+    left = sorted(p.stem for p in (repo / "nodes").glob("*.manifest"))
+    assert left == sorted([first, second])
+
+
+def test_node_rollout_needs_its_arguments(tmp_path: Path) -> None:
+    r = run("rollout", "--repo", tmp_path, "--keys", tmp_path, "--kind", "node-esp32", "--store", "sqlite:x.db",
+            "--percent", "10")
+    assert r.returncode == 2 and "--version, --counter, --key" in r.stderr
