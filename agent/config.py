@@ -8,6 +8,7 @@ The JSON schema in ``config/schemas/agent-config.schema.json`` is exported from 
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -270,8 +271,16 @@ def _check_semantics(path: Path, cfg: AgentConfig) -> LoadedConfig:
     updates["update"] = up.model_copy(
         update={k: _resolve(base, getattr(up, k)) for k in ("root", "state_dir", "slots")})
     cfg = cfg.model_copy(update=updates)
-    if cfg.update.enabled and not cfg.update.root.is_file():
-        raise ConfigError(name, "update.root", f"no such file: {cfg.update.root}")
+    if cfg.update.enabled:
+        try:
+            root = json.loads(cfg.update.root.read_bytes())
+        except FileNotFoundError:
+            raise ConfigError(name, "update.root", f"no such file: {cfg.update.root}") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(name, "update.root", f"not TUF root metadata (JSON): {exc}") from None
+        if not isinstance(root, dict) or not isinstance(root.get("signed"), dict) \
+                or root["signed"].get("_type") != "root":
+            raise ConfigError(name, "update.root", f"{cfg.update.root} is not TUF root metadata")
     for i, d in enumerate(cfg.profile_dirs):
         if not d.is_dir():
             raise ConfigError(name, f"profile_dirs[{i}]", f"not a directory: {d}")

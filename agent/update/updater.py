@@ -186,6 +186,11 @@ class Updater:
         except (UpdateUnavailable, InsufficientSpace, InstallError) as exc:
             await self._status("failed", release, counter, f"{type(exc).__name__}: {exc}", target=target)
             return
+        except Exception as exc:  # a bug or an unforeseen input: report it, keep the agent running
+            log.exception("event=update_check_crashed")
+            await self._status("failed", release, counter, f"internal error: {type(exc).__name__}: {exc}",
+                               target=target)
+            return
         await asyncio.to_thread(self.store.save, begin_trial(state, slot, release, counter, target))
         await self._status("restarting", release, counter, slot=slot)
         raise RestartRequested(f"release {release} installed in slot {slot}")

@@ -68,6 +68,10 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         (lambda t: t + '\n[broker]\ntls = true\ncert_file = "c.pem"\n', "broker",
          "go together"),
         (lambda t: t + "[identity\n", "(syntax)", "invalid TOML"),
+        (lambda t: t + '\n[update]\nenabled = true\nroot = "missing.json"\n', "update.root", "no such file"),
+        (lambda t: t + '\n[update]\nenabled = true\nroot = "agent.toml"\n', "update.root", "not TUF root metadata"),
+        (lambda t: t + '\n[update]\nrepository = "ftp://x/"\n', "update.repository", "should match"),
+        (lambda t: t + '\n[update]\ncheck_interval = 1\n', "update.check_interval", "greater than or equal"),
     ],
 )
 def test_broken_config_names_field_and_problem(tmp_path: Path, mutate, field: str, problem: str) -> None:  # type: ignore[no-untyped-def]
