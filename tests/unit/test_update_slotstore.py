@@ -99,3 +99,29 @@ def test_leftovers_of_a_cut_install_are_removed(tmp_path: Path) -> None:
 def test_requirements() -> None:
     assert unmet_requirements(("cryptography>=1", "pydantic")) == []
     assert unmet_requirements(("not a requirement!!",)) == ["not a requirement!! (not a valid requirement)"]
+
+
+def test_launcher_boots_factory_on_a_corrupt_state_and_says_so(tmp_path: Path) -> None:
+    from agent.update.launcher import agent_env, boot
+
+    store = SlotStore(tmp_path / "slots")
+    store.root.mkdir()
+    store.state_path.write_text('{"v": 1, "committed": "z"}')
+    d = boot(store, max_tries=3)
+    assert d.run == "factory" and not d.trial
+    saved = store.load()  # the launcher replaced it with a valid state
+    assert saved.pending and "boot state unreadable" in saved.pending[0]["reason"]
+    env = agent_env(store, d)
+    assert env["UE_SLOT"] == "factory" and str(store.root) not in env.get("PYTHONPATH", "")
+
+
+def test_launcher_puts_the_trial_slot_first_on_the_path(tmp_path: Path) -> None:
+    from agent.update.launcher import agent_env, boot
+
+    store = SlotStore(tmp_path / "slots")
+    store.install("b", _tarball(tmp_path / "r.tgz", _release()), version="0.2.0", counter=2)
+    store.save(begin_trial(BootState(committed="a", counter=1), "b", "0.2.0", 2))
+    d = boot(store, max_tries=3)
+    assert (d.run, d.trial) == ("b", True)
+    assert agent_env(store, d)["PYTHONPATH"].split(":")[0] == str(store.root / "b")
+    assert store.load().trial.tries == 1  # type: ignore[union-attr]
