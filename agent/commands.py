@@ -31,6 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     st = sub.add_parser("status", help="outbox depth, devices and uplink state of an agent")
     st.add_argument("-c", "--config", required=True, type=Path, help="agent config (TOML)")
     st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--watch", type=float, metavar="SECONDS",
+                    help="a live view for the technician on site: refresh every SECONDS until Ctrl-C")
     st.set_defaults(func=cmd_status)
 
 
@@ -100,20 +102,49 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     from agent.buffer.store import Outbox
 
+    if args.watch is not None and args.watch <= 0:
+        print("error: --watch: seconds must be > 0", file=sys.stderr)
+        return 2
     path = loaded.config.buffer.path
-    outbox = Outbox.open_readonly(path)
-    if outbox is None:
-        print(f"error: no outbox at {path}: has the agent run with this config?", file=sys.stderr)
-        return 1
+    while True:
+        outbox = Outbox.open_readonly(path)
+        if outbox is None:
+            print(f"error: no outbox at {path}: has the agent run with this config?", file=sys.stderr)
+            return 1
+        try:
+            report = status_report(outbox)
+        finally:
+            outbox.close()
+        report["update"] = update_report(loaded.config.update.slots)
+        if args.json:
+            print(json.dumps(report, indent=2, default=str), flush=True)
+        else:
+            if args.watch is not None and sys.stdout.isatty():
+                print("\x1b[H\x1b[2J", end="")  # clear the terminal: one screen, refreshed
+            print(format_status(report), flush=True)
+        if args.watch is None:
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+def update_report(slots: Path) -> dict[str, Any]:
+    """What runs and what is on trial (agent/update), from the launcher's state file."""
+    from agent.update.bootstate import BadBootState
+    from agent.update.slotstore import SlotStore
+
     try:
-        report = status_report(outbox)
-    finally:
-        outbox.close()
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(format_status(report))
-    return 0
+        st = SlotStore(slots).load()
+    except BadBootState as exc:
+        return {"error": str(exc)}
+    out: dict[str, Any] = {"committed": st.committed, "release": st.version or "factory", "counter": st.counter}
+    if st.trial is not None:
+        out["trial"] = {"slot": st.trial.slot, "release": st.trial.version, "tries": st.trial.tries}
+    if st.failed:
+        out["failed_releases"] = list(st.failed)
+    return out
 
 
 def status_report(outbox: Any) -> dict[str, Any]:
@@ -150,6 +181,15 @@ def format_status(r: dict[str, Any]) -> str:
         lines.append("uplink: " + ", ".join(f"{k}={v}" for k, v in up.items()))
     else:
         lines.append("uplink: unknown (no report yet)")
+    upd = r.get("update") or {}
+    if "error" in upd:
+        lines.append(f"update: state unreadable ({upd['error']})")
+    elif upd:
+        line = f"software: {upd['release']} (slot {upd['committed']}, release counter {upd['counter']})"
+        if "trial" in upd:
+            t = upd["trial"]
+            line += f"; on trial: {t['release']} in slot {t['slot']} (boot {t['tries']})"
+        lines.append(line)
     age = r["health_age_s"]
     if age is not None:
         lines.append(f"agent report: {age} s old")

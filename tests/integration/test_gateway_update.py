@@ -292,6 +292,23 @@ def test_power_cut_at_every_install_step(
         wait_for(lambda: running_version(sub) == "0.2.0", 30, "0.2.0 running")
         state = (tmp_path / "slots" / "state.json").read_text()
         assert '"committed": "a"' in state and '"trial": null' in state
+        # What the technician on site sees.
+        shown = subprocess.run([sys.executable, "-m", "urbanedge", "status", "-c", str(cfg)],
+                               capture_output=True, text=True, timeout=60)
+        assert "software: 0.2.0 (slot a, release counter 2)" in shown.stdout, shown.stdout + shown.stderr
+        live = subprocess.Popen([sys.executable, "-m", "urbanedge", "status", "-c", str(cfg), "--watch", "0.2"],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert live.stdout is not None
+            refreshed = 0
+            for _ in range(500):  # the view repeats itself: two screens are enough
+                refreshed += live.stdout.readline().startswith("software: 0.2.0")
+                if refreshed == 2:
+                    break
+            assert refreshed == 2
+        finally:
+            live.terminate()
+            live.wait(10)
     finally:
         gw.stop()
     assert_nothing_lost(sub.settle(), tmp_path / "outbox.db")
