@@ -137,7 +137,7 @@ def update_report(slots: Path) -> dict[str, Any]:
 
     try:
         st = SlotStore(slots).load()
-    except BadBootState as exc:
+    except (BadBootState, OSError) as exc:
         return {"error": str(exc)}
     out: dict[str, Any] = {"committed": st.committed, "release": st.version or "factory", "counter": st.counter}
     if st.trial is not None:
