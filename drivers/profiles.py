@@ -119,6 +119,105 @@ class AlarmRule(_Strict):
         return self
 
 
+_Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=48)]
+_Severity = Literal["info", "warning", "alert", "danger", "critical"]
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class RateAboveRule(_Strict):
+    """A value rising faster than ``rate`` per minute over the last ``window`` seconds
+    (e.g. a flood level). Clears once the rate falls below ``rate - hysteresis``."""
+
+    type: Literal["rate_above"]
+    name: _Name
+    point: str
+    rate: Annotated[float, Field(gt=0)]
+    window: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    hysteresis: Annotated[float, Field(ge=0)] = 0.0
+    min_samples: Annotated[int, Field(ge=4, le=1000)] = 5
+    severity: _Severity = "alert"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> RateAboveRule:
+        if self.hysteresis >= self.rate:
+            raise ValueError("'hysteresis' must be smaller than 'rate' (the rule could never clear)")
+        return self
+
+
+class NightFlowRule(_Strict):
+    """Flow that never stops during a night window: the signature of a leak after the meter.
+
+    ``point`` is a flow (zero when ``|flow| <= zero_below``) or, with ``counter = true``, a
+    volume counter (zero when it rose by no more than ``zero_below`` for ``zero_period``
+    seconds). Raised at most once per night, after ``min_duration`` seconds of flow seen in
+    the window with no zero (polls more than ``max_gap`` seconds apart start the count
+    again: flow nobody saw is no evidence); cleared by the first zero seen, at any hour."""
+
+    type: Literal["night_flow"]
+    name: _Name
+    point: str
+    counter: bool = False
+    zero_below: Annotated[float, Field(ge=0)] = 0.0
+    zero_period: Annotated[float, Field(gt=0, le=86400)] = 900.0
+    start: Annotated[str, Field(pattern=_HHMM)] = "01:00"
+    end: Annotated[str, Field(pattern=_HHMM)] = "04:00"
+    utc_offset: Annotated[str, Field(pattern=r"^[+-]([01][0-9]|2[0-3]):[0-5][0-9]$")] = "+07:00"
+    min_duration: Annotated[float, Field(gt=0)] = 7200.0
+    max_gap: Annotated[float, Field(gt=0)] = 1800.0
+    severity: _Severity = "warning"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> NightFlowRule:
+        if self.start == self.end:
+            raise ValueError("'start' and 'end' must differ")
+        if self.min_duration > self.window_seconds:
+            raise ValueError(f"'min_duration' ({self.min_duration:g} s) is longer than the "
+                             f"window {self.start}-{self.end} ({self.window_seconds} s)")
+        return self
+
+    @staticmethod
+    def _minutes(hhmm: str) -> int:
+        hours, minutes = hhmm.split(":")
+        return int(hours) * 60 + int(minutes)
+
+    @property
+    def start_seconds(self) -> int:
+        """Window start, seconds after local midnight."""
+        return self._minutes(self.start) * 60
+
+    @property
+    def window_seconds(self) -> int:
+        """Length of the window (it may span midnight)."""
+        return ((self._minutes(self.end) - self._minutes(self.start)) % 1440) * 60
+
+    @property
+    def offset_seconds(self) -> int:
+        """``utc_offset`` in seconds (local = UTC + offset)."""
+        sign = -1 if self.utc_offset[0] == "-" else 1
+        return sign * self._minutes(self.utc_offset[1:]) * 60
+
+
+class PowerWhileOffRule(_Strict):
+    """A device drawing power while its switch reports off (theft or a stuck relay):
+    ``switch`` false and ``point`` above ``above`` for ``polls`` consecutive polls.
+    Clears when the switch is on or the power is back below ``above - hysteresis``."""
+
+    type: Literal["power_while_off"]
+    name: _Name
+    switch: str
+    point: str
+    above: Annotated[float, Field(ge=0)] = 5.0
+    hysteresis: Annotated[float, Field(ge=0)] = 0.0
+    polls: Annotated[int, Field(ge=1, le=1000)] = 3
+    severity: _Severity = "alert"
+    description: str = ""
+
+
+EdgeRule = Annotated[RateAboveRule | NightFlowRule | PowerWhileOffRule, Field(discriminator="type")]
+
+
 class Profile(_Strict):
     """A device type: its points (Modbus) or sentence (serial line), and its alarm rules."""
 
@@ -129,6 +228,7 @@ class Profile(_Strict):
     points: tuple[Point, ...] = ()
     line: LineFormat | None = None
     alarms: tuple[AlarmRule, ...] = ()
+    rules: tuple[EdgeRule, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -142,6 +242,18 @@ class Profile(_Strict):
         for rule in self.alarms:
             if rule.point not in names:
                 raise ValueError(f"alarm {rule.name!r} refers to unknown point {rule.point!r}")
+        for i, edge in enumerate(self.rules):
+            refs = [("point", edge.point)]
+            if isinstance(edge, PowerWhileOffRule):
+                refs.append(("switch", edge.switch))
+            for key, ref in refs:
+                if ref not in names:
+                    raise ValueError(f"rules[{i}] ({edge.name!r}): {key} {ref!r} is not a point "
+                                     f"of this profile")
+        alarm_names = [r.name for r in self.alarms] + [r.name for r in self.rules]
+        dupes = sorted({n for n in alarm_names if alarm_names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"alarm/rule names must be unique: {', '.join(dupes)}")
         return self
 
     def value_names(self) -> list[str]:

@@ -16,6 +16,7 @@ from agent.config import Bus, Device, ModbusRtuBus, ModbusTcpBus, SerialLineBus
 from agent.poll.alarms import AlarmEvaluator
 from agent.poll.device import DevicePoller, PollPolicy, Sink
 from agent.poll.readers import DeviceReader, LineReader, ModbusReader
+from agent.poll.rules import RuleEngine
 from drivers.modbus.client import ModbusBus
 from drivers.profiles import Profile
 from drivers.serial.port import LineSensorPort
@@ -38,7 +39,8 @@ class BusCoordinator:
                                 bus.backoff_max)
             self.pollers.append(DevicePoller(
                 dev.id, profile.kind, reader, self.lock, policy,
-                AlarmEvaluator(profile.alarms, dev.alarms), sink))
+                AlarmEvaluator(profile.alarms, dev.alarms), sink,
+                rules=RuleEngine(profile.rules)))
 
     def _reader(self, dev: Device, profile: Profile) -> DeviceReader:
         bus = self.bus

@@ -26,6 +26,7 @@ from tenacity import (
 from agent.buffer.records import NewRecord, alarm, event, telemetry
 from agent.poll.alarms import AlarmEvaluator
 from agent.poll.readers import DeviceReader, PollResult
+from agent.poll.rules import RuleEngine
 from drivers.errors import DeviceError
 
 log = logging.getLogger("urbanedge.poll")
@@ -70,6 +71,7 @@ class DevicePoller:
         sink: Sink,
         *,
         rng: random.Random | None = None,
+        rules: RuleEngine | None = None,
     ) -> None:
         self.device_id = device_id
         self.kind = kind
@@ -77,6 +79,7 @@ class DevicePoller:
         self.lock = bus_lock
         self.policy = policy
         self.alarms = alarms
+        self.rules = rules or RuleEngine(())
         self.sink = sink
         self.stats = DeviceStats()
         self._rng = rng or random.Random()
@@ -197,6 +200,12 @@ class DevicePoller:
                         self.device_id, tr.rule.name, tr.state, tr.value)
             await self.sink(alarm(self.device_id, self.kind, now, tr.rule.name, tr.state,
                                   tr.rule.severity, tr.rule.point, tr.value, tr.threshold))
+        # Edge rules get the poll's own timestamp: their time windows never read the clock.
+        for rt in self.rules.evaluate(good, now):
+            log.warning("event=alarm device=%s alarm=%s state=%s value=%s rule=edge",
+                        self.device_id, rt.name, rt.state, rt.value)
+            await self.sink(alarm(self.device_id, self.kind, now, rt.name, rt.state,
+                                  rt.severity, rt.point, rt.value, rt.threshold))
 
     async def _on_failure(self, exc: DeviceError) -> None:
         now = time.time()

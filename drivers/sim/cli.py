@@ -7,7 +7,8 @@ Control lines on stdin while running (the reply goes to stderr as a log line)::
 
     fault KIND [RATE] [UNIT]     e.g. "fault no-response 0.5 3", "fault none"
     alarm NAME [UNIT]            e.g. "alarm flood_danger"
-    clear [UNIT]                 release injected alarms
+    set POINT VALUE [UNIT]       hold a point, e.g. "set lamp_on false", "set active_power 40"
+    clear [UNIT]                 release injected alarms and held points
 
 Profiles with ``protocol = "line"`` (e.g. ``rain-gauge``) run the serial line-sensor
 simulator (:mod:`drivers.sim.line`) on ``--serial PATH``.
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from drivers.profiles import Profile, builtin_profiles
+from drivers.profiles import Profile, Value, builtin_profiles
 from drivers.sim.faults import FAULT_KINDS, FaultError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class _LineSim(Protocol):
     async def stop(self) -> None: ...
     def set_fault(self, kind: str, *, rate: float = 1.0) -> None: ...
     def inject_alarm(self, name: str) -> None: ...
+    def set_point(self, name: str, value: Value) -> None: ...
 
 
 def parse_units(spec: str) -> list[int]:
@@ -162,6 +164,12 @@ class _Control:
                 self.sim.inject_alarm(rest[0])
             else:
                 self.sim.inject_alarm(rest[0], unit=self._unit(rest[1:]))
+        elif verb == "set" and 2 <= len(rest) <= 3:
+            value = _value(rest[1])
+            if self.line:
+                self.sim.set_point(rest[0], value)
+            else:
+                self.sim.set_point(rest[0], value, unit=self._unit(rest[2:]))
         elif verb == "clear" and len(rest) <= 1:
             clear: Callable[..., None] | None = getattr(self.sim, "clear_alarms", None)
             if clear is None:
@@ -171,7 +179,8 @@ class _Control:
             else:
                 clear(unit=self._unit(rest))
         else:
-            raise UsageError("expected: fault KIND [RATE] [UNIT] | alarm NAME [UNIT] | clear [UNIT]")
+            raise UsageError("expected: fault KIND [RATE] [UNIT] | alarm NAME [UNIT] | "
+                             "set POINT VALUE [UNIT] | clear [UNIT]")
 
     @staticmethod
     def _unit(words: list[str]) -> int | None:
@@ -180,6 +189,20 @@ class _Control:
         if not words[0].isdigit():
             raise UsageError(f"bad unit {words[0]!r}")
         return int(words[0])
+
+
+def _value(text: str) -> Value:
+    """``true``/``false``/``on``/``off`` or a number, as typed on the control line."""
+    flags = {"true": True, "on": True, "false": False, "off": False}
+    if text.lower() in flags:
+        return flags[text.lower()]
+    try:
+        number = float(text)
+    except ValueError as exc:
+        raise UsageError(f"bad value {text!r}: expected true/false or a number") from exc
+    if number != number or number in (float("inf"), float("-inf")):
+        raise UsageError(f"bad value {text!r}: expected a finite number")
+    return int(number) if number.is_integer() and "." not in text else number
 
 
 def _say(text: str) -> None:

@@ -147,6 +147,13 @@ class LineSimulator:
             raise ValueError(f"profile {self.profile.name} has no alarm {name!r} ({known})")
         self._forced[rule.point] = alarm_value(rule)
 
+    def set_point(self, name: str, value: Value) -> None:
+        """Hold field ``name`` at ``value`` until :meth:`clear_alarms`."""
+        known = [f.name for f in self.fmt.fields]
+        if name not in known:
+            raise ValueError(f"profile {self.profile.name} has no field {name!r} ({', '.join(known)})")
+        self._forced[name] = value
+
     def clear_alarms(self) -> None:
         self._forced.clear()
 

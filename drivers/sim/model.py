@@ -258,6 +258,12 @@ class UnitModel:
         self.forced[rule.point] = forced_value(rule, point.scale)
         self._refresh()
 
+    def set_point(self, name: str, value: Value) -> None:
+        """Hold ``name`` at ``value`` whatever the physics says (a stuck relay reporting
+        off while the lamp draws power, a level rising fast), until :meth:`clear_alarms`."""
+        self.forced[name] = value
+        self._refresh()
+
     def clear_alarms(self) -> None:
         """Release every forced point."""
         self.forced.clear()

@@ -299,6 +299,16 @@ class Simulator:
             self._units[u].images = None
         log.info("event=sim_alarm_injected alarm=%s unit=%s", name, unit or "all")
 
+    def set_point(self, name: str, value: Value, *, unit: int | None = None) -> None:
+        """Hold point ``name`` at ``value`` until :meth:`clear_alarms`."""
+        if name not in self._points:
+            known = ", ".join(self._points)
+            raise ValueError(f"profile {self.profile.name} has no point {name!r} (has: {known})")
+        for u in self._check_unit(unit):
+            self._units[u].model.set_point(name, value)
+            self._units[u].images = None
+        log.info("event=sim_point_set point=%s value=%s unit=%s", name, value, unit or "all")
+
     def clear_alarms(self, *, unit: int | None = None) -> None:
         """Release every injected alarm (of one unit, or all)."""
         for u in self._check_unit(unit):
