@@ -19,6 +19,10 @@ from agent.buffer.async_store import AsyncOutbox
 from agent.buffer.records import event
 from agent.buffer.writer import OutboxWriter
 from agent.config import LoadedConfig
+from agent.control.executor import CommandRunner, build_runner
+from agent.ops import metrics as ops_metrics
+from agent.ops.metrics_server import MetricsServer
+from agent.ops.sdnotify import Heartbeat, Notifier, Watchdog, watchdog_interval
 from agent.poll.coordinator import BusCoordinator
 from agent.seal.credentials import load_credentials
 from agent.seal.encode import BatchSealer
@@ -28,6 +32,7 @@ from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.tls import context_from_settings
 from agent.uplink.topics import Topics
 from drivers.profiles import Profile
+from pki.command import looks_signed
 
 log = logging.getLogger("urbanedge.agent")
 
@@ -45,6 +50,16 @@ class Agent:
         self.coordinators: list[BusCoordinator] = []
         self.started = time.time()
         self.restart_requested = False
+        self.last_ota: dict[str, Any] = {}
+        self.notifier = Notifier.from_env()
+        self.watchdog_every = watchdog_interval()
+        # Liveness for the systemd watchdog: the health loop beats after each write through the
+        # outbox thread; stale after one full watchdog period (at least two health periods).
+        self.heartbeat = Heartbeat(max(2 * (self.watchdog_every or 0.0), 2 * HEALTH_PERIOD + 1))
+        self.metrics_server: MetricsServer | None = None
+        # Signed IOC commands (agent/control): raw bytes queue up here, one task runs them.
+        self.command_queue: asyncio.Queue[bytes] = asyncio.Queue(self.cfg.commands.queue)
+        self.command_runner: CommandRunner | None = None
         self.updater = self._updater()
         # Built here so an unusable certificate or key fails at start, before any task runs.
         self.settings = self.uplink_settings()
@@ -92,18 +107,30 @@ class Agent:
         return Updater(settings, self._report_update, self._health_sample)
 
     def _on_command(self, payload: bytes) -> None:
-        try:
-            cmd = json.loads(payload)
-        except ValueError:
-            cmd = None
+        cmd: Any = None
+        if not looks_signed(payload):
+            try:
+                cmd = json.loads(payload)
+            except ValueError:
+                cmd = None
         if isinstance(cmd, dict) and cmd.get("cmd") == "update-check" and self.updater is not None:
             log.info("event=update_check_requested")
             self.updater.request_check()
+        elif self.command_runner is not None:
+            # Everything else goes to the verifier: COSE_Sign1 (tag 18) is checked, anything
+            # unsigned is refused there and reported (a security event), not silently dropped.
+            try:
+                self.command_queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                # Bounded: a flood of commands must not grow memory; the IOC sees no result and retries.
+                self.command_runner.rejected["queue_full"] += 1
+                log.warning("event=command_dropped reason=queue_full bytes=%d", len(payload))
         else:
             log.warning("event=command_ignored bytes=%d", len(payload))
 
     async def _report_update(self, body: dict[str, Any]) -> None:
         assert self.outbox is not None
+        self.last_ota = body
         await self.outbox.append([event(self.cfg.identity.gateway_id, time.time(), "ota_status", **body)])
 
     async def _report_sbom(self) -> None:
@@ -160,6 +187,10 @@ class Agent:
         self.coordinators = [BusCoordinator(bus, by_bus[bus.name], self.writer.put)
                              for bus in self.cfg.buses if by_bus[bus.name]]
         self.forwarder = Forwarder(self.outbox, self.settings)
+        if self.cfg.commands.enabled:
+            up = self.updater
+            handlers = {"update-check": lambda _c: up.request_check()} if up is not None else {}
+            self.command_runner = build_runner(self.loaded, self.coordinators, self.outbox.append, handlers)
         await self.outbox.append([event(source, time.time(), "agent_started", version=urbanedge.__version__,
                                         province=self.cfg.identity.province, devices=self._inventory)])
         log.info("event=agent_started gateway=%s buses=%d devices=%d outbox=%s",
@@ -175,6 +206,9 @@ class Agent:
                     tg.create_task(self.updater.run(), name="updater")
                 if self.cfg.update.sbom:
                     tg.create_task(self._report_sbom(), name="sbom")
+                if self.command_runner is not None:
+                    tg.create_task(self.command_runner.run(self.command_queue), name="commands")
+                self._start_ops(tg)
                 if ready is not None:
                     ready.set()
         except* RestartRequested as group:
@@ -185,6 +219,8 @@ class Agent:
 
     async def _shutdown(self) -> None:
         # Runs on cancellation too: shield so the flush and close complete.
+        self.notifier.stopping()
+
         async def close() -> None:
             if self.writer is not None:
                 await self.writer.flush()
@@ -206,6 +242,7 @@ class Agent:
                       "full_waits": w.queue_full_waits if w else 0,
                       "written": w.written if w else 0},
             "buses": {c.bus.name: c.health() for c in self.coordinators},
+            "last_command": self.command_runner.last if self.command_runner is not None else None,
         }
 
     async def _write_health(self) -> None:
@@ -216,8 +253,59 @@ class Agent:
         n = 0
         while True:
             await self._write_health()
+            self.heartbeat.beat()
             n += 1
             if self.outbox is not None and n % COMPACT_EVERY == 0:
                 # Give disk back after a long outage has drained (only acts when mostly empty).
                 await self.outbox.compact(max_pages=25_000)
             await asyncio.sleep(HEALTH_PERIOD)
+
+    # -- operations: metrics endpoint and systemd notify (agent/ops) ----------------------
+
+    def _start_ops(self, tg: asyncio.TaskGroup) -> None:
+        if self.cfg.metrics.listen is not None:
+            host, port = ops_metrics.parse_listen(self.cfg.metrics.listen)
+            self.metrics_server = MetricsServer(host, port, self.render_metrics)
+            tg.create_task(self._serve_metrics(self.metrics_server), name="metrics")
+        if self.notifier.enabled and self.watchdog_every is not None:
+            dog = Watchdog(self.notifier, self.heartbeat.alive)
+            tg.create_task(dog.run(self.watchdog_every), name="watchdog")
+        self.notifier.ready(f"polling {len(self.loaded.devices())} devices")
+
+    async def _serve_metrics(self, server: MetricsServer) -> None:
+        try:
+            await server.start()
+        except OSError as exc:
+            # A taken or foreign address must not stop polling: log it, run without metrics.
+            log.error("event=metrics_bind_failed address=%s error=%r", self.cfg.metrics.listen, exc)
+            return
+        await server.serve()
+
+    async def metrics_snapshot(self) -> ops_metrics.Snapshot:
+        devices = [
+            ops_metrics.DeviceSample(
+                device=p.device_id, bus=c.bus.name, kind=p.kind, polls=p.stats.polls, good=p.stats.good,
+                errors=dict(p.stats.errors), busy_seconds=p.busy_seconds, online=p.stats.online,
+                last_poll=p.stats.last_poll, cycles_skipped=p.stats.cycles_skipped)
+            for c in self.coordinators for p in c.pollers
+        ]
+        outbox = None
+        if self.outbox is not None:
+            st = await self.outbox.stats()
+            outbox = ops_metrics.OutboxSample(
+                depth={p.name.lower(): n for p, n in st.depth.items()}, used_bytes=st.used_bytes,
+                file_bytes=st.file_bytes, max_bytes=st.max_bytes, oldest_ts=st.oldest_ts,
+                evicted_by_prio={p.name.lower(): n for p, n in st.evicted_by_prio.items()},
+                dropped_total=st.dropped_total)
+        f, w = self.forwarder, self.writer
+        uplink = {k: v for k, v in vars(f.stats).items() if isinstance(v, int)} if f is not None else {}
+        return ops_metrics.Snapshot(
+            now=time.time(), started=self.started, version=urbanedge.__version__,
+            gateway_id=self.cfg.identity.gateway_id, devices=devices,
+            bus_utilisation={c.bus.name: c.utilisation() for c in self.coordinators},
+            outbox=outbox, uplink_state=f.state if f is not None else None, uplink=uplink,
+            queue_depth=w.queue.qsize() if w else 0, records_written=w.written if w else 0,
+            update_release=urbanedge.__version__, update_state=str(self.last_ota.get("state", "")))
+
+    async def render_metrics(self) -> str:
+        return ops_metrics.render_agent(await self.metrics_snapshot())

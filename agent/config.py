@@ -124,6 +124,24 @@ class Update(_Model):
         return self.enabled if self.report_sbom is None else self.report_sbom
 
 
+class Commands(_Model):
+    """Signed commands from the IOC (docs/operations.md, "Commands"). Off unless ``enabled``.
+
+    ``root`` is the provincial root the IOC command certificate must chain to; ``groups``
+    the group names this gateway obeys group commands for. A command is taken at most once:
+    its id is kept in ``state`` (default: ``commands.db`` next to the outbox) for
+    ``replay_window`` seconds, and older commands are refused."""
+
+    enabled: bool = False
+    root: Path = Path("/etc/urbanedge/pki/root.pem")
+    groups: list[Ident] = Field(default_factory=list)
+    replay_window: Annotated[float, Field(ge=60, le=30 * 86_400)] = 3600.0
+    max_skew: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    ioc_id: Ident = "ioc-command"
+    state: Path | None = None
+    queue: Annotated[int, Field(ge=1, le=1000)] = 32
+
+
 class Buffer(_Model):
     path: Path = Path("/var/lib/urbanedge/outbox.db")
     max_bytes: Annotated[int, Field(ge=256 * 1024)] = 300 * 1024 * 1024
@@ -183,12 +201,31 @@ class SerialLineBus(_BusBase, _SerialLine):
 Bus = Annotated[ModbusTcpBus | ModbusRtuBus | SerialLineBus, Field(discriminator="type")]
 
 
+class Metrics(_Model):
+    """Prometheus ``/metrics`` endpoint (docs/operations.md, "Metrics"). Off unless ``listen``
+    is set: it is unauthenticated and names every device, so it is bound only to the address
+    given here — the gateway's service interface (e.g. ``127.0.0.1:9464`` or the VPN address)."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            from agent.ops.metrics import parse_listen
+
+            parse_listen(v)
+        return v
+
+
 class AgentConfig(_Model):
     identity: Identity
     broker: Broker = Field(default_factory=Broker)
     buffer: Buffer = Field(default_factory=Buffer)
     seal: Seal = Field(default_factory=Seal)
     update: Update = Field(default_factory=Update)
+    commands: Commands = Field(default_factory=Commands)
+    metrics: Metrics = Field(default_factory=Metrics)
     buses: list[Bus] = Field(default_factory=list)
     profile_dirs: list[Path] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -270,7 +307,14 @@ def _check_semantics(path: Path, cfg: AgentConfig) -> LoadedConfig:
     up = cfg.update
     updates["update"] = up.model_copy(
         update={k: _resolve(base, getattr(up, k)) for k in ("root", "state_dir", "slots")})
+    cm = cfg.commands
+    updates["commands"] = cm.model_copy(update={
+        "root": _resolve(base, cm.root),
+        "state": _resolve(base, cm.state) if cm.state is not None
+        else updates["buffer"].path.with_name("commands.db")})
     cfg = cfg.model_copy(update=updates)
+    if cfg.commands.enabled and not cfg.commands.root.is_file():
+        raise ConfigError(name, "commands.root", f"no such file: {cfg.commands.root}")
     if cfg.update.enabled:
         try:
             root = json.loads(cfg.update.root.read_bytes())

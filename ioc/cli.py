@@ -85,6 +85,10 @@ def add_parser(sub: Any) -> None:
 
     ota_status.add_parser(isub)
 
+    from ioc import command
+
+    command.add_parser(isub)
+
 
 def _when(text: str) -> float:
     from datetime import UTC, datetime

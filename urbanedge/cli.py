@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     from agent import commands, demo
+    from agent.ops import service
     from agent.update import launcher
     from drivers.sim import cli as sim_cli
     from ioc import cli as ioc_cli
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     ioc_cli.add_parser(sub)
     provision_cli.add_parser(sub)
     ota_cli.add_parser(sub)
+    service.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Signed commands from the IOC: verify (pure), remember (replay window), execute, report."""

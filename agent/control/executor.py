@@ -1,0 +1,253 @@
+"""Running a verified command: plan the writes (pure), then write through the bus
+coordinator's lock and read each value back.
+
+Commands (``args`` in brackets):
+
+* ``on`` / ``off`` -> ``lamp_on`` = true / false
+* ``dim`` {level: 0..100} -> ``dim_level``
+* ``write`` {point, value} -> any point the device's profile marks writable
+
+The target's ``points`` name field devices of this gateway; none named means every device
+whose profile has the point. A write shares the bus ``asyncio.Lock`` with polling, so a
+command never collides with a poll on an RS-485 line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.buffer.records import NewRecord
+from agent.config import LoadedConfig
+from agent.control.replay import ReplayStore
+from agent.control.results import State, command_result, security_event
+from agent.control.verify import Policy, verify
+from agent.ops.metrics import counters
+from agent.poll.coordinator import BusCoordinator
+from drivers.errors import DeviceError
+from drivers.modbus.client import ModbusBus
+from drivers.modbus.plan import plan_reads
+from drivers.modbus.registermap import encode_point
+from drivers.profiles import Point, Profile, Value
+from pki.command import Command, CommandError
+
+log = logging.getLogger("urbanedge.control")
+
+WRITE_COMMANDS = ("on", "off", "dim", "write")
+
+
+@dataclass(frozen=True)
+class FieldDevice:
+    """A device a command can write to: its profile and the bus it sits on."""
+
+    id: str
+    profile: Profile
+    unit: int = 1
+    bus: ModbusBus | None = None  # None: not a Modbus device (nothing writable)
+    lock: asyncio.Lock | None = None
+
+
+@dataclass(frozen=True)
+class Write:
+    device: str
+    point: Point
+    value: Value
+
+
+def _point(profile: Profile, name: str) -> Point | None:
+    return next((p for p in profile.points if p.name == name), None)
+
+
+def _wanted(cmd: Command) -> tuple[str, Value]:
+    """(point name, value) the command sets; raise ``bad_args`` / ``out_of_range``."""
+    if cmd.cmd in ("on", "off"):
+        return "lamp_on", cmd.cmd == "on"
+    if cmd.cmd == "dim":
+        level = cmd.args.get("level")
+        if isinstance(level, bool) or not isinstance(level, int | float) or not math.isfinite(level):
+            raise CommandError("bad_args", f"dim needs a numeric level, got {level!r}")
+        if not 0 <= level <= 100:
+            raise CommandError("out_of_range", f"dim level {level:g} is outside 0..100")
+        return "dim_level", round(level)
+    if cmd.cmd == "write":
+        name, value = cmd.args.get("point"), cmd.args.get("value")
+        if not isinstance(name, str) or not isinstance(value, bool | int | float):
+            raise CommandError("bad_args", "write needs a point name and a boolean or numeric value")
+        return name, value
+    raise CommandError("unknown_command", f"{cmd.cmd!r} is not a command this gateway runs")
+
+
+def plan(cmd: Command, devices: Mapping[str, FieldDevice]) -> list[Write]:
+    """The writes ``cmd`` asks for, or :class:`CommandError` if any of them is not allowed."""
+    name, value = _wanted(cmd)
+    if cmd.points:
+        unknown = [d for d in cmd.points if d not in devices]
+        if unknown:
+            raise CommandError("unknown_device", f"no device {', '.join(unknown)} on this gateway")
+        chosen = [devices[d] for d in cmd.points]
+    else:
+        chosen = [d for d in devices.values() if _point(d.profile, name) is not None]
+        if not chosen:
+            raise CommandError("unsupported", f"no device on this gateway has a point {name!r}")
+    writes = []
+    for dev in chosen:
+        point = _point(dev.profile, name)
+        if point is None:
+            raise CommandError("unsupported", f"{dev.id} (profile {dev.profile.name}) has no point {name!r}")
+        if not point.writable or point.bit is not None or dev.bus is None:
+            raise CommandError("read_only", f"{dev.id}.{name} is not writable")
+        if point.type == "bool" or point.table == "coil":
+            if not isinstance(value, bool) and value not in (0, 1):
+                raise CommandError("out_of_range", f"{dev.id}.{name} is a bool, got {value!r}")
+            value = bool(value)
+        try:
+            encode_point(point, value)
+        except (ValueError, OverflowError) as exc:
+            raise CommandError("out_of_range", f"{dev.id}.{name} = {value!r}: {exc}") from None
+        writes.append(Write(dev.id, point, value))
+    return writes
+
+
+def _same(point: Point, want: Value, got: Value) -> bool:
+    if isinstance(want, bool) or isinstance(got, bool):
+        return bool(want) == bool(got)
+    # Scaled registers round to the register's resolution: allow half a step.
+    return abs(float(want) - float(got)) <= abs(point.scale) / 2 + 1e-9
+
+
+async def apply(write: Write, dev: FieldDevice, *, limit: float) -> str | None:
+    """Write and read back through the bus lock; None when confirmed, else the failure reason."""
+    assert dev.bus is not None and dev.lock is not None
+    try:
+        async with asyncio.timeout(limit), dev.lock:
+            await dev.bus.write_point(dev.unit, write.point, write.value)
+            values, failed = await dev.bus.read_device(dev.unit, plan_reads([write.point]))
+    except DeviceError as exc:
+        return f"device_{exc.reason}"
+    except TimeoutError:
+        return "device_timeout"
+    got = values.get(write.point.name)
+    if got is None:
+        return f"readback_{failed.get(write.point.name, 'missing')}"
+    if not _same(write.point, write.value, got):
+        return f"readback_mismatch (wrote {write.value!r}, read {got!r})"
+    return None
+
+
+Append = Callable[[list[NewRecord]], Awaitable[object]]
+
+
+class CommandRunner:
+    """Takes raw command bytes from a queue: verify, remember, plan, write, report."""
+
+    def __init__(self, policy: Policy, replay: ReplayStore, devices: Mapping[str, FieldDevice], append: Append,
+                 *, write_timeout: float = 10.0, handlers: Mapping[str, Callable[[Command], None]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.policy, self.replay, self.devices, self.append = policy, replay, devices, append
+        self.write_timeout = write_timeout
+        self.handlers = dict(handlers or {})  # agent-level commands (update-check, ...): no device writes
+        self.clock = clock
+        # Read by the metrics exporter; by reason, e.g. rejected["replayed"].
+        self.rejected: Counter[str] = Counter()
+        self.results: Counter[str] = Counter()
+        self.last: dict[str, object] | None = None
+
+    async def run(self, queue: asyncio.Queue[bytes]) -> None:
+        try:
+            while True:
+                data = await queue.get()
+                try:
+                    await self.handle(data)
+                except Exception:  # the agent must outlive any command: log, count, go on
+                    log.exception("event=command_crashed bytes=%d", len(data))
+                    self.rejected["internal_error"] += 1
+        finally:
+            self.replay.close()
+
+    async def _report(self, cmd_id: str, cmd: str, state: State, reason: str | None = None,
+                      extra: Sequence[NewRecord] = (), **details: object) -> None:
+        now = self.clock()
+        self.results[state] += 1
+        self.last = {"id": cmd_id, "cmd": cmd, "state": state, "reason": reason, "ts": now}
+        await self.append([command_result(self.policy.gateway_id, now, command_id=cmd_id, cmd=cmd, state=state,
+                                          reason=reason, **details), *extra])
+
+    async def _reject(self, exc: CommandError, cmd: Command | None) -> None:
+        self.rejected[exc.reason] += 1
+        counters.inc("commands_rejected", reason=exc.reason)
+        counters.inc("security_events", kind="command_rejected")
+        if exc.reason in ("bad_signature", "wrong_signer"):
+            counters.inc("crypto_failures", operation="command_signature")
+        cmd_id = cmd.id_hex if cmd is not None else None
+        log.warning("event=command_rejected reason=%s id=%s detail=%r", exc.reason, cmd_id, exc.detail)
+        sec = security_event(self.policy.gateway_id, self.clock(), reason=exc.reason, detail=exc.detail,
+                             command_id=cmd_id, signer=cmd.signer if cmd is not None else None)
+        await self._report(cmd_id or "", cmd.cmd if cmd is not None else "", "rejected", exc.reason, [sec],
+                           detail=exc.detail[:300])
+
+    async def handle(self, data: bytes) -> State:
+        now = self.clock()
+        cmd: Command | None = None
+        try:
+            cmd = verify(data, self.policy, now)
+            if not self.replay.remember(cmd.id, keep_until=cmd.nbf + self.policy.window + self.policy.max_skew,
+                                        cmd=cmd.cmd, now=now):
+                raise CommandError("replayed", f"command {cmd.id_hex} was already taken")
+            handler = self.handlers.get(cmd.cmd)
+            writes = [] if handler is not None else plan(cmd, self.devices)
+        except CommandError as exc:
+            await self._reject(exc, cmd or exc.command)
+            return "rejected"
+        log.info("event=command_accepted id=%s cmd=%s writes=%d", cmd.id_hex, cmd.cmd, len(writes))
+        counters.inc("commands_accepted", cmd=cmd.cmd)
+        await self._report(cmd.id_hex, cmd.cmd, "accepted", devices=[w.device for w in writes])
+        if handler is not None:
+            handler(cmd)
+            await self._report(cmd.id_hex, cmd.cmd, "done")
+            return "done"
+        outcome: dict[str, str] = {}
+        for w in writes:
+            reason = await apply(w, self.devices[w.device], limit=self.write_timeout)
+            outcome[w.device] = reason or "done"
+            if reason is not None:
+                log.warning("event=command_write_failed id=%s device=%s point=%s reason=%r",
+                            cmd.id_hex, w.device, w.point.name, reason)
+        failures = [r for r in outcome.values() if r != "done"]
+        state: State = "failed" if failures else "done"
+        reason = failures[0].split(" ")[0] if failures else None
+        log.info("event=command_%s id=%s cmd=%s devices=%s", state, cmd.id_hex, cmd.cmd, outcome)
+        await self._report(cmd.id_hex, cmd.cmd, state, reason, devices=outcome,
+                           values={w.device: w.value for w in writes})
+        return state
+
+
+def field_devices(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator]) -> dict[str, FieldDevice]:
+    """Every enabled device, with the bus client and lock its coordinator polls it through."""
+    by_bus = {c.bus.name: c for c in coordinators}
+    out: dict[str, FieldDevice] = {}
+    for bus, dev, profile in loaded.devices():
+        coord = by_bus.get(bus.name)
+        modbus = coord._modbus if coord is not None else None  # the very client polling uses
+        out[dev.id] = FieldDevice(dev.id, profile, dev.unit, modbus,
+                                  coord.lock if coord is not None else None)
+    return out
+
+
+def build_runner(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator], append: Append,
+                 handlers: Mapping[str, Callable[[Command], None]] | None = None) -> CommandRunner:
+    """The runner the agent starts when ``[commands] enabled``; raises OSError/ValueError on
+    an unreadable root (the config check already made sure the file exists)."""
+    from pki.keys import load_cert
+
+    c, ident = loaded.config.commands, loaded.config.identity
+    assert c.state is not None  # resolved by load_config
+    policy = Policy(gateway_id=ident.gateway_id, root=load_cert(c.root), groups=tuple(c.groups),
+                    max_skew=c.max_skew, window=c.replay_window, ioc_id=c.ioc_id)
+    timeout = max((b.timeout for b in loaded.config.buses), default=1.0)
+    return CommandRunner(policy, ReplayStore(c.state), field_devices(loaded, coordinators), append,
+                         write_timeout=4 * timeout + 1, handlers=handlers)

@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, the systemd notify protocol and the service unit."""

@@ -1,0 +1,161 @@
+"""``urbanedge ioc command``: sign a command with the IOC command key and publish it.
+
+    urbanedge ioc command --broker HOST:PORT --key IOC_COMMAND_KEY --cert IOC_COMMAND_CHAIN \\
+        --gateway GW --site SITE [--device D ...] dim 40 | on | off | write POINT VALUE
+
+The command goes to ``<prefix>/<site>/<gateway>/command`` (QoS 1, not retained: a retained
+command would be replayed to every reconnect, and the gateway would rightly refuse it).
+``--out FILE`` also saves the signed bytes; ``--publish FILE`` sends saved bytes unchanged
+(a replay, for tests and drills). The gateway's answer is a sealed ``command_result``
+event that only the IOC receiver can open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from pki.command import Command, new_command, sign_command
+
+PUBLISH_TIMEOUT = 15.0
+
+
+class CommandUsageError(Exception):
+    """Bad arguments or files (exit code 2)."""
+
+
+def add_parser(isub: Any) -> None:
+    p = isub.add_parser("command", help="sign and send a command to a gateway (dim, on, off, write)",
+                        description="Sign a command with the IOC command key and publish it to a gateway.")
+    p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the MQTT broker")
+    p.add_argument("--key", type=Path, help="the IOC command private key")
+    p.add_argument("--cert", type=Path, help="the IOC command certificate chain (leaf first, PEM)")
+    p.add_argument("--key-passphrase-file", type=Path, help="file holding the key's passphrase")
+    p.add_argument("--gateway", required=True, help="gateway id the command is for")
+    p.add_argument("--site", required=True, help="site of the gateway (topic level)")
+    p.add_argument("--prefix", default="urbanedge/v1", help="topic prefix of the gateways")
+    p.add_argument("--device", action="append", default=[], help="field device of the gateway (repeatable; "
+                   "default: every device that has the point)")
+    p.add_argument("--group", help="send to a group instead of one gateway (published on --gateway's topic)")
+    p.add_argument("--ttl", type=float, default=60.0, help="seconds the command stays valid (default 60)")
+    p.add_argument("--out", type=Path, help="also save the signed bytes to this file")
+    p.add_argument("--publish", type=Path, help="send the saved signed bytes of FILE as they are")
+    p.add_argument("action", nargs="?", help="dim | on | off | write | update-check")
+    p.add_argument("params", nargs="*", help="dim: LEVEL; write: POINT VALUE")
+    p.set_defaults(func=cmd_command)
+
+
+def parse_value(text: str) -> bool | int | float:
+    low = text.lower()
+    if low in ("true", "on"):
+        return True
+    if low in ("false", "off"):
+        return False
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise CommandUsageError(f"value {text!r} is not a number or true/false") from None
+
+
+def build(args: argparse.Namespace, now: float) -> Command:
+    action, params = args.action, list(args.params)
+    want = {"on": 0, "off": 0, "update-check": 0, "dim": 1, "write": 2}
+    if action not in want:
+        raise CommandUsageError(f"action {action!r}: one of {', '.join(want)}")
+    if len(params) != want[action]:
+        raise CommandUsageError(f"{action} takes {want[action]} argument(s), got {len(params)}")
+    cmd_args: dict[str, Any] = {}
+    if action == "dim":
+        # Range checks are the gateway's (it refuses and reports); here only the type.
+        level = parse_value(params[0])
+        if isinstance(level, bool):
+            raise CommandUsageError("dim LEVEL must be a number")
+        cmd_args = {"level": level}
+    elif action == "write":
+        cmd_args = {"point": params[0], "value": parse_value(params[1])}
+    if args.ttl <= 0:
+        raise CommandUsageError(f"--ttl must be positive, got {args.ttl}")
+    return new_command(action, cmd_args, device=None if args.group else args.gateway, points=args.device,
+                       group=args.group, now=now, ttl=args.ttl)
+
+
+def sign(args: argparse.Namespace, cmd: Command) -> bytes:
+    from pki.errors import PkiError
+    from pki.keys import load_certs, load_private_key
+
+    if args.key is None or args.cert is None:
+        raise CommandUsageError("--key and --cert are needed to sign a command")
+    try:
+        passphrase = args.key_passphrase_file.read_bytes().strip() if args.key_passphrase_file else None
+        key = load_private_key(args.key, passphrase)
+        chain = load_certs(args.cert)
+    except (OSError, ValueError, PkiError) as exc:
+        raise CommandUsageError(f"cannot load the command key/certificate: {exc}") from None
+    try:
+        return sign_command(cmd, key, chain)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise CommandUsageError(f"{args.key}: cannot sign with this key: {exc}") from None
+
+
+def publish(host: str, port: int, topic: str, data: bytes, *, timeout: float = PUBLISH_TIMEOUT) -> None:
+    """Publish once with QoS 1 and wait for the broker's PUBACK; raise OSError if that fails."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ioc-command-{time.time_ns()}")
+    connected = threading.Event()
+    client.on_connect = lambda *_a: connected.set()
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    try:
+        if not connected.wait(timeout):
+            raise OSError(f"no CONNACK from {host}:{port} within {timeout:g}s")
+        info = client.publish(topic, data, qos=1, retain=False)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise OSError(f"broker did not acknowledge the command within {timeout:g}s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    host, _, port = args.broker.rpartition(":")
+    try:
+        if not host or not port.isdigit():
+            raise CommandUsageError(f"--broker {args.broker!r}: expected HOST:PORT")
+        if args.publish is not None:
+            if args.action is not None:
+                raise CommandUsageError("--publish sends saved bytes: give no action")
+            try:
+                data = args.publish.read_bytes()
+            except OSError as exc:
+                raise CommandUsageError(f"--publish {args.publish}: {exc}") from None
+            label = f"saved {args.publish}"
+        else:
+            if args.action is None:
+                raise CommandUsageError("an action is needed: dim LEVEL | on | off | write POINT VALUE")
+            cmd = build(args, time.time())
+            data = sign(args, cmd)
+            label = f"{cmd.cmd} id={cmd.id_hex}"
+            if args.out is not None:
+                args.out.write_bytes(data)
+    except CommandUsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    topic = f"{args.prefix}/{args.site}/{args.gateway}/command"
+    try:
+        publish(host, int(port), topic, data)
+    except OSError as exc:
+        print(f"error: publishing to {args.broker}: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent {label} to {topic} ({len(data)} bytes)")
+    return 0
