@@ -21,15 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pki.chain import ChainError, device_id_of, verify_chain
-from pki.envelope import EnvelopeError, SigningKey, cert_thumbprint, parse_sign1, sign1
+from pki.envelope import EnvelopeError, SigningKey, parse_sign1, sign1
+from pki.ioc_signer import IocSignerError, verify_ioc_sign1
 
 DEFAULT_IOC_ID = "ioc-command"
 MAX_RECEIPT_BYTES = 16 * 1024
@@ -82,23 +81,9 @@ def verify_receipt(data: bytes, root: x509.Certificate, *, at: datetime,
     if not s1.x5chain:
         raise ReceiptError("malformed", "no certificate chain in the receipt")
     try:
-        certs = [x509.load_der_x509_certificate(d) for d in s1.x5chain]
-    except ValueError:
-        raise ReceiptError("malformed", "x5chain holds something that is not a certificate") from None
-    leaf = certs[0]
-    if cert_thumbprint(s1.x5chain[0]) != s1.x5t:
-        raise ReceiptError("malformed", "x5t does not name the first certificate of x5chain")
-    try:
-        verify_chain(leaf, certs[1:], root, at=at if at.tzinfo else at.replace(tzinfo=UTC), crls=crls)
-    except ChainError as exc:
-        raise ReceiptError("untrusted", f"{exc.reason}: {exc}") from None
-    signer = device_id_of(leaf)
-    if signer != ioc_id or _is_device_cert(leaf):
-        raise ReceiptError("not_ioc", f"signed by {signer!r}, not the IOC ({ioc_id!r})")
-    try:
-        s1.verify(leaf.public_key())  # type: ignore[arg-type]
-    except EnvelopeError as exc:
-        raise ReceiptError("bad_signature", exc.problem) from None
+        signer = verify_ioc_sign1(s1, root, at=at, ioc_id=ioc_id, crls=crls)
+    except IocSignerError as exc:
+        raise ReceiptError(exc.reason, exc.detail) from None
     try:
         body: Any = cbor2.loads(s1.payload)
         return Receipt(source=str(body["src"]), cert_serial=str(body["cert_serial"]), records=int(body["records"]),
@@ -108,11 +93,3 @@ def verify_receipt(data: bytes, root: x509.Certificate, *, at: datetime,
         raise ReceiptError("malformed", f"receipt payload: {exc!r}") from None
 
 
-def _is_device_cert(cert: x509.Certificate) -> bool:
-    # Gateways and nodes hold clientAuth certificates (for the broker); the IOC's command
-    # certificate does not: a device named like the IOC still cannot sign a receipt.
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return ExtendedKeyUsageOID.CLIENT_AUTH in eku

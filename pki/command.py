@@ -26,15 +26,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pki.chain import ChainError, device_id_of, verify_chain
-from pki.envelope import EnvelopeError, SigningKey, cert_thumbprint, parse_sign1, sign1
+from pki.envelope import EnvelopeError, SigningKey, parse_sign1, sign1
+from pki.ioc_signer import IocSignerError, verify_ioc_sign1
 
 VERSION = 1
 ID_BYTES = 16
@@ -125,23 +124,12 @@ def verify_command(data: bytes, root: x509.Certificate, *, at: datetime,
     if not s1.x5chain:
         raise CommandError("unsigned", "no certificate chain (x5chain) in the command")
     try:
-        certs = [x509.load_der_x509_certificate(d) for d in s1.x5chain]
-    except ValueError:
-        raise CommandError("malformed", "x5chain holds something that is not a certificate") from None
-    if cert_thumbprint(s1.x5chain[0]) != s1.x5t:
-        raise CommandError("malformed", "x5t does not name the first certificate of x5chain")
-    leaf = certs[0]
-    try:
-        verify_chain(leaf, certs[1:], root, at=at if at.tzinfo else at.replace(tzinfo=UTC), crls=crls)
-    except ChainError as exc:
-        raise CommandError("wrong_signer", f"{exc.reason}: {exc}") from None
-    signer = device_id_of(leaf)
-    if signer != ioc_id or _has_client_auth(leaf):
-        raise CommandError("wrong_signer", f"signed by {signer!r}, not the IOC command certificate ({ioc_id!r})")
-    try:
-        s1.verify(leaf.public_key())  # type: ignore[arg-type]
-    except EnvelopeError as exc:
-        raise CommandError("bad_signature", exc.problem) from None
+        signer = verify_ioc_sign1(s1, root, at=at, ioc_id=ioc_id, crls=crls)
+    except IocSignerError as exc:
+        # A chain to another root and a certificate that is not the IOC's are the same to the
+        # operator: somebody else signed it.
+        reason = "wrong_signer" if exc.reason in ("untrusted", "not_ioc") else exc.reason
+        raise CommandError(reason, exc.detail) from None
     return parse_body(s1.payload, signer)
 
 
@@ -179,11 +167,3 @@ def parse_body(payload: bytes, signer: str = "") -> Command:
                    group=group, args=args, signer=signer)
 
 
-def _has_client_auth(cert: x509.Certificate) -> bool:
-    # Gateways and nodes hold clientAuth certificates; the IOC command certificate does not,
-    # so a device certificate named like the IOC still cannot sign a command.
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return ExtendedKeyUsageOID.CLIENT_AUTH in eku
