@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,25 @@ def _summary(t: Tally) -> dict[str, Any]:
             "failure_ratio": round(t.failure_ratio(), 3), "reasons": t.reasons}
 
 
+def _watch(args: argparse.Namespace, release: str, halt: Callable[[Tally], str]) -> int:
+    """Tally the devices' reports for ``release`` every ``--interval`` for ``--watch`` seconds;
+    past the threshold, ``halt`` stops the rollout (and says how). Exit 1 halted, 0 not."""
+    deadline = time.monotonic() + args.watch
+    while True:
+        t = tally(_records(args.store), release)
+        print(f"  {len(t.succeeded)} succeeded, {len(t.failed)} failed, {len(t.in_progress)} in progress", flush=True)
+        stop, why = should_halt(t, max_failure_ratio=args.max_failures, min_finished=args.min_finished)
+        if stop:
+            print(f"HALTED: {why}{halt(t)}")
+            for dev, reason in sorted(t.reasons.items()):
+                print(f"  {dev}: {reason}")
+        if stop or time.monotonic() >= deadline:
+            if args.json:
+                print(json.dumps(_summary(t)))
+            return 1 if stop else 0
+        time.sleep(args.interval)
+
+
 def _nodes(args: argparse.Namespace) -> list[tuple[str, str]]:
     nodes = []
     for spec in args.node:
@@ -113,26 +133,14 @@ def cmd_node_rollout(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"rollout {rollout.id}: node release {args.version} to {len(cohort)} of {len(nodes)} nodes")
-    deadline = time.monotonic() + args.watch
-    while True:
-        t = tally(_records(args.store), args.version)
-        print(f"  {len(t.succeeded)} succeeded, {len(t.failed)} failed, {len(t.in_progress)} in progress", flush=True)
-        halt, why = should_halt(t, max_failure_ratio=args.max_failures, min_finished=args.min_finished)
-        if halt:
-            withdrawn = [n for n in cohort if n not in t.latest]
-            for node in withdrawn:
-                (args.repo / "nodes" / f"{node}.manifest").unlink(missing_ok=True)
-            print(f"HALTED: {why}; manifests withdrawn from {len(withdrawn)} nodes that had not started")
-            for dev, reason in sorted(t.reasons.items()):
-                print(f"  {dev}: {reason}")
-            if args.json:
-                print(json.dumps(_summary(t)))
-            return 1
-        if time.monotonic() >= deadline:
-            if args.json:
-                print(json.dumps(_summary(t)))
-            return 0
-        time.sleep(args.interval)
+
+    def withdraw(t: Tally) -> str:
+        withdrawn = [n for n in cohort if n not in t.latest]
+        for node in withdrawn:
+            (args.repo / "nodes" / f"{node}.manifest").unlink(missing_ok=True)
+        return f"; manifests withdrawn from {len(withdrawn)} nodes that had not started"
+
+    return _watch(args, args.version, withdraw)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -165,23 +173,11 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     version = repo.target_files()[release].unrecognized_fields.get("custom", {}).get("urbanedge", {}).get("version")
     where = "sites " + ", ".join(args.site) if args.site else "all sites"
     print(f"rollout {rollout.id}: {release} to {percent}% of {where}")
-    deadline = time.monotonic() + args.watch
-    while True:
-        t = tally(_records(args.store), str(version or release))
-        print(f"  {len(t.succeeded)} succeeded, {len(t.failed)} failed, {len(t.in_progress)} in progress", flush=True)
-        halt, why = should_halt(t, max_failure_ratio=args.max_failures, min_finished=args.min_finished)
-        if halt:
-            repo = Repo.open(args.repo, args.keys)
-            repo.set_rollout(args.kind, release, percent, sites=args.site, state="halted", rollout_id=rollout.id)
-            repo.publish()
-            print(f"HALTED: {why}")
-            for dev, reason in sorted(t.reasons.items()):
-                print(f"  {dev}: {reason}")
-            if args.json:
-                print(json.dumps(_summary(t)))
-            return 1
-        if time.monotonic() >= deadline:
-            if args.json:
-                print(json.dumps(_summary(t)))
-            return 0
-        time.sleep(args.interval)
+
+    def halt_pointer(_t: Tally) -> str:
+        halted = Repo.open(args.repo, args.keys)
+        halted.set_rollout(args.kind, release, percent, sites=args.site, state="halted", rollout_id=rollout.id)
+        halted.publish()
+        return ""
+
+    return _watch(args, str(version or release), halt_pointer)
