@@ -21,7 +21,7 @@ from pki.command import new_command
 from tests.support import testpki
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
-from tests.support.procs import AgentProc, SimProc, Subscriber, agent_config, wait_for
+from tests.support.procs import AgentProc, SimProc, Subscriber, agent_config, tcp_bus, wait_for
 
 GW, SITE = "gw-cmd", "test-site"
 
@@ -34,19 +34,7 @@ enabled = true
 root = "{root}"
 groups = ["district-1"]
 
-[[buses]]
-name = "lan"
-type = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-timeout = 0.5
-retries = 0
-[[buses.devices]]
-id = "light-1"
-profile = "streetlight"
-unit = 1
-interval = 0.3
-"""
+""" + tcp_bus(port, [("light-1", "streetlight", 1)], interval=0.3, extra="retries = 0\n")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 from drivers.profiles import builtin_profiles_dir
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
-from tests.support.procs import AgentProc, SimProc, Subscriber, agent_config, wait_for
+from tests.support.procs import AgentProc, SimProc, Subscriber, agent_config, tcp_bus, wait_for
 
 GW = "gw-test"
 RULE = "flood_rising_fast"
@@ -60,19 +60,7 @@ def test_rate_of_rise_alarm_jumps_the_backlog(tmp_path: Path, mosquitto: Mosquit
     mosquitto.start()
     Subscriber(mosquitto.host, mosquitto.port).start(session="rules-sub").stop()
     mosquitto.stop()  # uplink down from the agent's first poll: telemetry piles up
-    buses = f"""
-[[buses]]
-name = "lan"
-type = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-timeout = 0.5
-[[buses.devices]]
-id = "flood-1"
-profile = "flood-sensor"
-unit = 1
-interval = 0.2
-"""
+    buses = tcp_bus(port, [("flood-1", "flood-sensor", 1)], interval=0.2)
     cfg = agent_config(tmp_path / "agent.toml", broker_port=mosquitto.port, buses=buses)
     profiles = flood_profile(tmp_path / "profiles")
     cfg.write_text(cfg.read_text().replace('log_level = "info"',
@@ -122,19 +110,7 @@ interval = 0.2
 def test_lamp_drawing_power_while_reported_off(tmp_path: Path, mosquitto: Mosquitto) -> None:
     port = free_port()
     sim = SimProc.start("streetlight", "--tcp", f"127.0.0.1:{port}", "--seed", "3")
-    buses = f"""
-[[buses]]
-name = "lan"
-type = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-timeout = 0.5
-[[buses.devices]]
-id = "sl-1"
-profile = "streetlight"
-unit = 1
-interval = 0.2
-"""
+    buses = tcp_bus(port, [("sl-1", "streetlight", 1)], interval=0.2)
     cfg = agent_config(tmp_path / "agent.toml", broker_port=mosquitto.port, buses=buses)
     sub = Subscriber(mosquitto.host, mosquitto.port).start()
     agent = AgentProc(cfg)

@@ -30,7 +30,7 @@ from ota.static_server import StaticServer
 from tests.integration.test_agent_e2e import outbox_seqs
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
-from tests.support.procs import SimProc, Subscriber, agent_config, wait_for
+from tests.support.procs import SimProc, Subscriber, agent_config, tcp_bus, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GW = "gw-test"
@@ -133,24 +133,7 @@ class Gateway:
 
 def gateway_config(tmp_path: Path, mosquitto: Mosquitto, sim_port: int, repo_url: str, repo: Path,
                    *, deadline: float = 20, max_tries: int = 2) -> Path:
-    buses = f"""
-[[buses]]
-name = "lan"
-type = "modbus-tcp"
-host = "127.0.0.1"
-port = {sim_port}
-timeout = 0.5
-[[buses.devices]]
-id = "sl-1"
-profile = "streetlight"
-unit = 1
-interval = 0.5
-[[buses.devices]]
-id = "sl-2"
-profile = "streetlight"
-unit = 2
-interval = 0.5
-
+    buses = tcp_bus(sim_port, [("sl-1", "streetlight", 1), ("sl-2", "streetlight", 2)], interval=0.5) + f"""
 [update]
 enabled = true
 repository = "{repo_url}"

@@ -200,6 +200,16 @@ class Subscriber:
         return self
 
 
+def tcp_bus(port: int, devices: list[tuple[str, str, int]], *, interval: float, name: str = "lan",
+            timeout: float = 0.5, extra: str = "") -> str:
+    """The ``[[buses]]`` TOML of one Modbus TCP bus on loopback: ``devices`` are (id, profile, unit)."""
+    text = (f'[[buses]]\nname = "{name}"\ntype = "modbus-tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+            f"timeout = {timeout}\n{extra}")
+    for dev_id, profile, unit in devices:
+        text += f'[[buses.devices]]\nid = "{dev_id}"\nprofile = "{profile}"\nunit = {unit}\ninterval = {interval}\n'
+    return text
+
+
 def agent_config(path: Path, *, broker_port: int, buses: str, gateway_id: str = "gw-test",
                  max_bytes: str = "64MB", extra_broker: str = "", durability: str = "full") -> Path:
     path.write_text(
