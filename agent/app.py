@@ -19,7 +19,7 @@ from agent.buffer.async_store import AsyncOutbox
 from agent.buffer.records import event
 from agent.buffer.writer import OutboxWriter
 from agent.config import LoadedConfig
-from agent.control.executor import CommandRunner, build_runner
+from agent.control.executor import CommandRunner, Handler, build_runner
 from agent.ops import metrics as ops_metrics
 from agent.ops.metrics_server import MetricsServer
 from agent.ops.sdnotify import Heartbeat, Notifier, Watchdog, watchdog_interval
@@ -32,7 +32,7 @@ from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.tls import context_from_settings
 from agent.uplink.topics import Topics
 from drivers.profiles import Profile
-from pki.command import looks_signed
+from pki.command import Command, looks_signed
 
 log = logging.getLogger("urbanedge.agent")
 
@@ -128,6 +128,10 @@ class Agent:
         else:
             log.warning("event=command_ignored bytes=%d", len(payload))
 
+    async def _update_check(self, _cmd: Command) -> None:
+        assert self.updater is not None
+        self.updater.request_check()
+
     async def _report_update(self, body: dict[str, Any]) -> None:
         assert self.outbox is not None
         self.last_ota = body
@@ -189,7 +193,9 @@ class Agent:
         self.forwarder = Forwarder(self.outbox, self.settings)
         if self.cfg.commands.enabled:
             up = self.updater
-            handlers = {"update-check": lambda _c: up.request_check()} if up is not None else {}
+            handlers: dict[str, Handler] = {}
+            if up is not None:
+                handlers["update-check"] = Handler(run=self._update_check)
             self.command_runner = build_runner(self.loaded, self.coordinators, self.outbox.append, handlers)
         await self.outbox.append([event(source, time.time(), "agent_started", version=urbanedge.__version__,
                                         province=self.cfg.identity.province, devices=self._inventory)])

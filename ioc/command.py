@@ -16,6 +16,8 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,8 @@ def add_parser(isub: Any) -> None:
     p.add_argument("--ttl", type=float, default=60.0, help="seconds the command stays valid (default 60)")
     p.add_argument("--out", type=Path, help="also save the signed bytes to this file")
     p.add_argument("--publish", type=Path, help="send the saved signed bytes of FILE as they are")
-    p.add_argument("action", nargs="?", help="dim | on | off | write | update-check")
-    p.add_argument("params", nargs="*", help="dim: LEVEL; write: POINT VALUE")
+    p.add_argument("action", nargs="?", help="one of: " + ", ".join(ACTIONS))
+    p.add_argument("params", nargs="*", help="what the action takes: " + usage())
     p.set_defaults(func=cmd_command)
 
 
@@ -68,22 +70,50 @@ def parse_value(text: str) -> bool | int | float:
         raise CommandUsageError(f"value {text!r} is not a number or true/false") from None
 
 
+def _dim_args(params: list[str]) -> dict[str, Any]:
+    # Range checks are the gateway's (it refuses and reports); here only the type.
+    level = parse_value(params[0])
+    if isinstance(level, bool):
+        raise CommandUsageError("dim LEVEL must be a number")
+    return {"level": level}
+
+
+def _no_args(_params: list[str]) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One ``ACTION PARAMS...`` of the command line and how it becomes the signed ``args``."""
+
+    usage: str  # the PARAMS part of the usage line
+    nargs: int  # exactly this many PARAMS
+    args: Callable[[list[str]], dict[str, Any]] = _no_args
+
+
+# Every action the IOC can sign. The gateway decides what it runs (and refuses the rest).
+ACTIONS: dict[str, Action] = {
+    "on": Action("", 0),
+    "off": Action("", 0),
+    "dim": Action("LEVEL", 1, _dim_args),
+    "write": Action("POINT VALUE", 2, lambda p: {"point": p[0], "value": parse_value(p[1])}),
+    "update-check": Action("", 0),
+}
+
+
+def usage() -> str:
+    return " | ".join(f"{name} {a.usage}".strip() for name, a in ACTIONS.items())
+
+
 def build(args: argparse.Namespace, now: float) -> Command:
     action, params = args.action, list(args.params)
-    want = {"on": 0, "off": 0, "update-check": 0, "dim": 1, "write": 2}
-    if action not in want:
-        raise CommandUsageError(f"action {action!r}: one of {', '.join(want)}")
-    if len(params) != want[action]:
-        raise CommandUsageError(f"{action} takes {want[action]} argument(s), got {len(params)}")
-    cmd_args: dict[str, Any] = {}
-    if action == "dim":
-        # Range checks are the gateway's (it refuses and reports); here only the type.
-        level = parse_value(params[0])
-        if isinstance(level, bool):
-            raise CommandUsageError("dim LEVEL must be a number")
-        cmd_args = {"level": level}
-    elif action == "write":
-        cmd_args = {"point": params[0], "value": parse_value(params[1])}
+    spec = ACTIONS.get(action)
+    if spec is None:
+        raise CommandUsageError(f"action {action!r}: one of {', '.join(ACTIONS)}")
+    if len(params) != spec.nargs:
+        raise CommandUsageError(f"{action} takes {spec.nargs} argument(s) ({spec.usage or 'none'}), "
+                                f"got {len(params)}")
+    cmd_args = spec.args(params)
     if args.ttl <= 0:
         raise CommandUsageError(f"--ttl must be positive, got {args.ttl}")
     return new_command(action, cmd_args, device=None if args.group else args.gateway, points=args.device,
@@ -142,7 +172,7 @@ def cmd_command(args: argparse.Namespace) -> int:
             label = f"saved {args.publish}"
         else:
             if args.action is None:
-                raise CommandUsageError("an action is needed: dim LEVEL | on | off | write POINT VALUE")
+                raise CommandUsageError(f"an action is needed: {usage()}")
             cmd = build(args, time.time())
             data = sign(args, cmd)
             label = f"{cmd.cmd} id={cmd.id_hex}"

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent.buffer.records import NewRecord
 from agent.config import LoadedConfig
@@ -50,6 +51,36 @@ class FieldDevice:
     unit: int = 1
     bus: ModbusBus | None = None  # None: not a Modbus device (nothing writable)
     lock: asyncio.Lock | None = None
+
+
+class CommandFailed(Exception):
+    """An accepted command that could not be carried out; ``reason`` is reported."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+async def _nothing(_cmd: Command) -> None:
+    return None
+
+
+def _no_check(_cmd: Command) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Handler:
+    """An agent-level command: not a point write that :func:`plan` works out.
+
+    ``check`` runs before the command is reported ``accepted`` and raises
+    :class:`CommandError` (-> ``rejected``, e.g. ``bad_args``); ``run`` carries it out and
+    returns details for the ``done`` result, or raises :class:`CommandFailed` (-> ``failed``).
+    """
+
+    run: Callable[[Command], Awaitable[Mapping[str, object] | None]] = _nothing
+    check: Callable[[Command], None] = _no_check
 
 
 @dataclass(frozen=True)
@@ -146,7 +177,7 @@ class CommandRunner:
     """Takes raw command bytes from a queue: verify, remember, plan, write, report."""
 
     def __init__(self, policy: Policy, replay: ReplayStore, devices: Mapping[str, FieldDevice], append: Append,
-                 *, write_timeout: float = 10.0, handlers: Mapping[str, Callable[[Command], None]] | None = None,
+                 *, write_timeout: float = 10.0, handlers: Mapping[str, Handler] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.policy, self.replay, self.devices, self.append = policy, replay, devices, append
         self.write_timeout = write_timeout
@@ -177,6 +208,19 @@ class CommandRunner:
         await self.append([command_result(self.policy.gateway_id, now, command_id=cmd_id, cmd=cmd, state=state,
                                           reason=reason, **details), *extra])
 
+    async def _run_handler(self, handler: Handler, cmd: Command) -> State:
+        try:
+            details = await handler.run(cmd)
+        except CommandFailed as exc:
+            log.warning("event=command_failed id=%s cmd=%s reason=%s detail=%r", cmd.id_hex, cmd.cmd,
+                        exc.reason, exc.detail)
+            await self._report(cmd.id_hex, cmd.cmd, "failed", exc.reason, detail=exc.detail[:300])
+            return "failed"
+        log.info("event=command_done id=%s cmd=%s", cmd.id_hex, cmd.cmd)
+        done: dict[str, Any] = dict(details or {})
+        await self._report(cmd.id_hex, cmd.cmd, "done", None, (), **done)
+        return "done"
+
     async def _reject(self, exc: CommandError, cmd: Command | None) -> None:
         self.rejected[exc.reason] += 1
         counters.inc("commands_rejected", reason=exc.reason)
@@ -199,7 +243,11 @@ class CommandRunner:
                                         cmd=cmd.cmd, now=now):
                 raise CommandError("replayed", f"command {cmd.id_hex} was already taken")
             handler = self.handlers.get(cmd.cmd)
-            writes = [] if handler is not None else plan(cmd, self.devices)
+            if handler is not None:
+                handler.check(cmd)
+                writes = []
+            else:
+                writes = plan(cmd, self.devices)
         except CommandError as exc:
             await self._reject(exc, cmd or exc.command)
             return "rejected"
@@ -207,9 +255,7 @@ class CommandRunner:
         counters.inc("commands_accepted", cmd=cmd.cmd)
         await self._report(cmd.id_hex, cmd.cmd, "accepted", devices=[w.device for w in writes])
         if handler is not None:
-            handler(cmd)
-            await self._report(cmd.id_hex, cmd.cmd, "done")
-            return "done"
+            return await self._run_handler(handler, cmd)
         outcome: dict[str, str] = {}
         for w in writes:
             reason = await apply(w, self.devices[w.device], limit=self.write_timeout)
@@ -239,7 +285,7 @@ def field_devices(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator]) 
 
 
 def build_runner(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator], append: Append,
-                 handlers: Mapping[str, Callable[[Command], None]] | None = None) -> CommandRunner:
+                 handlers: Mapping[str, Handler] | None = None) -> CommandRunner:
     """The runner the agent starts when ``[commands] enabled``; raises OSError/ValueError on
     an unreadable root (the config check already made sure the file exists)."""
     from pki.keys import load_cert

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.buffer.records import NewRecord
-from agent.control.executor import CommandRunner, FieldDevice
+from agent.control.executor import CommandFailed, CommandRunner, FieldDevice, Handler
 from agent.control.replay import ReplayStore
 from drivers.modbus.client import ModbusBus
 from drivers.profiles import builtin_profiles
-from pki.command import new_command
+from pki.command import Command, CommandError, new_command
 from tests.support.ports import free_port
 from tests.unit.test_command_verify import GW, NOW, policy, signed
 
@@ -59,10 +59,36 @@ def test_handlers_run_agent_commands_once(tmp_path: Path) -> None:
     out, seen = Records(), []
     data = signed(new_command("update-check", device=GW, now=NOW))
 
+    async def note(c: Command) -> None:
+        seen.append(c.cmd)
+
     async def twice() -> tuple[str, str]:
-        r = runner(tmp_path, out, handlers={"update-check": lambda c: seen.append(c.cmd)})
+        r = runner(tmp_path, out, handlers={"update-check": Handler(run=note)})
         return await r.handle(data), await r.handle(data)
 
     assert asyncio.run(twice()) == ("done", "rejected")
     assert seen == ["update-check"]
     assert out.results() == [("accepted", None), ("done", None), ("rejected", "replayed")]
+
+
+def test_handler_check_rejects_and_run_failure_is_reported(tmp_path: Path) -> None:
+    out = Records()
+
+    def check(c: Command) -> None:
+        if "level" not in c.args:
+            raise CommandError("bad_args", "level missing")
+
+    async def run(c: Command) -> dict[str, object]:
+        if c.args["level"] > 5:
+            raise CommandFailed("too_high", "cannot")
+        return {"level": c.args["level"]}
+
+    async def go() -> list[str]:
+        r = runner(tmp_path, out, handlers={"set": Handler(run=run, check=check)})
+        return [await r.handle(signed(new_command("set", a, device=GW, now=NOW)))
+                for a in ({}, {"level": 9}, {"level": 2})]
+
+    assert asyncio.run(go()) == ["rejected", "failed", "done"]
+    assert out.results() == [("rejected", "bad_args"), ("accepted", None), ("failed", "too_high"),
+                             ("accepted", None), ("done", None)]
+    assert [r.get("level") for r in out.items if r.get("state") == "done"] == [2]
