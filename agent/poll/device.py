@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from tenacity import (
@@ -28,10 +28,25 @@ from agent.poll.alarms import AlarmEvaluator
 from agent.poll.readers import DeviceReader, PollResult
 from agent.poll.rules import RuleEngine
 from drivers.errors import DeviceError
+from drivers.profiles import Value
 
 log = logging.getLogger("urbanedge.poll")
 
 Sink = Callable[[NewRecord], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The last good poll of a device, for local consumers (lighting control, the web page)."""
+
+    device_id: str
+    ts: float
+    values: Mapping[str, Value]
+    quality: str
+
+
+# Called synchronously after every good poll; must be quick and must not raise.
+ReadingObserver = Callable[[Reading], None]
 
 
 @dataclass
@@ -88,6 +103,8 @@ class DevicePoller:
         # Retries inside a cycle are short; probing an offline device backs off up to backoff_max.
         self._retry_wait = wait_random_exponential(multiplier=0.2, max=max(0.2, policy.interval / 4))
         self.busy_seconds = 0.0
+        self.latest: Reading | None = None
+        self.observers: list[ReadingObserver] = []
 
     async def run(self) -> None:
         # Stagger: devices with the same interval spread over it instead of all firing at t=0.
@@ -195,6 +212,12 @@ class DevicePoller:
         await self.sink(telemetry(self.device_id, self.kind, now, result.values,
                                   result.quality, result.point_quality))
         good = {k: v for k, v in result.values.items() if k not in result.point_quality}
+        self.latest = Reading(self.device_id, now, good, result.quality)
+        for observe in self.observers:
+            try:
+                observe(self.latest)
+            except Exception:  # an observer's bug must not stop polling
+                log.exception("event=reading_observer_failed device=%s", self.device_id)
         for tr in self.alarms.evaluate(good):
             log.warning("event=alarm device=%s alarm=%s state=%s value=%s",
                         self.device_id, tr.rule.name, tr.state, tr.value)
