@@ -19,20 +19,26 @@ from agent.buffer.async_store import AsyncOutbox
 from agent.buffer.records import event
 from agent.buffer.writer import OutboxWriter
 from agent.config import LoadedConfig
+from agent.control.agent_commands import AgentCommands, build_agent_commands, load_thresholds, thresholds_path
 from agent.control.executor import CommandRunner, Handler, build_runner
+from agent.control.lighting_task import LightingTask, build_lighting
 from agent.ops import metrics as ops_metrics
 from agent.ops.metrics_server import MetricsServer
 from agent.ops.sdnotify import Heartbeat, Notifier, Watchdog, watchdog_interval
 from agent.poll.coordinator import BusCoordinator
+from agent.reconfig.remote import RemoteConfig
 from agent.seal.credentials import load_credentials
 from agent.seal.encode import BatchSealer
+from agent.security.events import update_event
+from agent.security.monitor import SecurityMonitor
 from agent.update.health import HealthSample
 from agent.update.updater import RestartRequested, Updater, UpdateSettings
 from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.tls import context_from_settings
-from agent.uplink.topics import Topics
+from agent.uplink.topics import Topics, group_command_topic
 from drivers.profiles import Profile
 from pki.command import Command, looks_signed
+from pki.sealed_args import Unsealer
 
 log = logging.getLogger("urbanedge.agent")
 
@@ -60,9 +66,14 @@ class Agent:
         # Signed IOC commands (agent/control): raw bytes queue up here, one task runs them.
         self.command_queue: asyncio.Queue[bytes] = asyncio.Queue(self.cfg.commands.queue)
         self.command_runner: CommandRunner | None = None
+        self.agent_commands: AgentCommands | None = None  # read-now, threshold, rebirth, restart, reboot
+        self.lighting: LightingTask | None = None  # local streetlight control, uplink or not
         self.updater = self._updater()
+        self.security = SecurityMonitor(loaded.config.identity.gateway_id)
         # Built here so an unusable certificate or key fails at start, before any task runs.
         self.settings = self.uplink_settings()
+        # Remote configuration (agent/reconfig): the ``config`` command and the trial it starts.
+        self.remote_config = RemoteConfig(loaded, self._health_sample)
 
     def _sealer(self) -> BatchSealer:
         ident = self.cfg.identity
@@ -88,6 +99,10 @@ class Agent:
             # what the topic already tells; the device inventory goes sealed, in agent_started.
             birth={"site": ident.site, "agent_version": urbanedge.__version__},
             on_command=self._on_command,
+            # Group commands come on the group's topic, once for every member (docs/wire-format.md).
+            command_topics=tuple(group_command_topic(b.topic_prefix, g) for g in self.cfg.commands.groups)
+            if self.cfg.commands.enabled else (),
+            on_connect_failure=self.security.on_connect_failure,
         )
 
     def _updater(self) -> Updater | None:
@@ -135,7 +150,11 @@ class Agent:
     async def _report_update(self, body: dict[str, Any]) -> None:
         assert self.outbox is not None
         self.last_ota = body
-        await self.outbox.append([event(self.cfg.identity.gateway_id, time.time(), "ota_status", **body)])
+        now, source = time.time(), self.cfg.identity.gateway_id
+        sec = update_event(source, now, body)  # a refused update that looks like an attack: tell the SOC
+        if sec is not None:
+            ops_metrics.counters.inc("security_events", kind="update_rejected")
+        await self.outbox.append([event(source, now, "ota_status", **body), *([sec] if sec else [])])
 
     async def _report_sbom(self) -> None:
         """Seal the SBOM of the running code to the IOC (once per start: boot, and after updates).
@@ -191,12 +210,28 @@ class Agent:
         self.coordinators = [BusCoordinator(bus, by_bus[bus.name], self.writer.put)
                              for bus in self.cfg.buses if by_bus[bus.name]]
         self.forwarder = Forwarder(self.outbox, self.settings)
+        if self.cfg.lighting.enabled:
+            self.lighting = build_lighting(self.loaded, self.coordinators, self.outbox.append)
+        # Thresholds set by earlier `threshold` commands hold from the first poll on.
+        assert self.cfg.commands.state is not None
+        saved = load_thresholds(thresholds_path(self.cfg.commands.state), self.coordinators)
         if self.cfg.commands.enabled:
             up = self.updater
             handlers: dict[str, Handler] = {}
+            self.agent_commands = build_agent_commands(
+                self.loaded, self.coordinators, self.outbox.append, self.forwarder.rebirth, saved,
+                {"version": urbanedge.__version__, "province": self.cfg.identity.province, "devices": self._inventory})
+            handlers.update(self.agent_commands.handlers())
+            if self.lighting is not None:
+                handlers.update(self.lighting.handlers())
             if up is not None:
                 handlers["update-check"] = Handler(run=self._update_check)
-            self.command_runner = build_runner(self.loaded, self.coordinators, self.outbox.append, handlers)
+            handlers["config"] = self.remote_config.handler()
+            seal = self.settings.sealer.sealer
+            self.command_runner = build_runner(self.loaded, self.coordinators, self.outbox.append, handlers,
+                                               unsealer=Unsealer.for_key(seal.signing_key, seal.cert_der))
+            if self.lighting is not None:
+                self.command_runner.write_observers.append(self.lighting.on_command_write)
         await self.outbox.append([event(source, time.time(), "agent_started", version=urbanedge.__version__,
                                         province=self.cfg.identity.province, devices=self._inventory)])
         log.info("event=agent_started gateway=%s buses=%d devices=%d outbox=%s",
@@ -208,12 +243,19 @@ class Agent:
                 for c in self.coordinators:
                     tg.create_task(c.run(), name=f"bus:{c.bus.name}")
                 tg.create_task(self._health_loop(), name="health")
+                tg.create_task(self.remote_config.run(self.outbox.append), name="config-trial")
+                tg.create_task(self.security.run(self.outbox.append, self.settings.sealer.chain_der[0]),
+                               name="security")
                 if self.updater is not None:
                     tg.create_task(self.updater.run(), name="updater")
                 if self.cfg.update.sbom:
                     tg.create_task(self._report_sbom(), name="sbom")
                 if self.command_runner is not None:
                     tg.create_task(self.command_runner.run(self.command_queue), name="commands")
+                if self.agent_commands is not None:
+                    tg.create_task(self.agent_commands.watch_restart(), name="restart-command")
+                if self.lighting is not None:
+                    tg.create_task(self.lighting.run(), name="lighting")
                 self._start_ops(tg)
                 if ready is not None:
                     ready.set()
@@ -225,7 +267,12 @@ class Agent:
 
     async def _shutdown(self) -> None:
         # Runs on cancellation too: shield so the flush and close complete.
-        self.notifier.stopping()
+        if self.remote_config.reload:
+            # `urbanedge run` starts again in this process on the switched config: STOPPING=1
+            # would make systemd stop the unit; RELOADING=1, then READY=1, is a reload.
+            self.notifier.notify("RELOADING=1")
+        else:
+            self.notifier.stopping()
 
         async def close() -> None:
             if self.writer is not None:
@@ -249,6 +296,7 @@ class Agent:
                       "written": w.written if w else 0},
             "buses": {c.bus.name: c.health() for c in self.coordinators},
             "last_command": self.command_runner.last if self.command_runner is not None else None,
+            "lighting": self.lighting.health() if self.lighting is not None else None,
         }
 
     async def _write_health(self) -> None:
@@ -273,6 +321,11 @@ class Agent:
             host, port = ops_metrics.parse_listen(self.cfg.metrics.listen)
             self.metrics_server = MetricsServer(host, port, self.render_metrics)
             tg.create_task(self._serve_metrics(self.metrics_server), name="metrics")
+        if self.cfg.web.listen is not None:
+            # Imported only when enabled: a gateway without the page carries none of its code.
+            from agent.web.service import run_web
+
+            tg.create_task(run_web(self), name="web")
         if self.notifier.enabled and self.watchdog_every is not None:
             dog = Watchdog(self.notifier, self.heartbeat.alive)
             tg.create_task(dog.run(self.watchdog_every), name="watchdog")

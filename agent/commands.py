@@ -59,9 +59,28 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    loaded = _load_or_exit(args.config)
+    from agent.reconfig.remote import prepare_start
+
+    # A remote configuration (agent/reconfig) switches or restores the live file, then the agent
+    # starts again on it here, in this process: the same under `launch`, systemd or a bare `run`.
+    while True:
+        try:
+            prepare_start(args.config)
+        except OSError as exc:
+            print(f"error: {args.config}: finishing a configuration trial: {exc}", file=sys.stderr)
+        code = _run_once(args.config)
+        if code is not None:
+            return code
+
+
+def _run_once(config: Path) -> int | None:
+    """Run the agent on ``config``; None: start again (the config changed, or the one on trial
+    could not start and was rolled back)."""
+    from agent.reconfig.remote import fail_start
+
+    loaded = _load_or_exit(config)
     if loaded is None:
-        return 2
+        return None if fail_start(config, "the configuration does not load") else 2
     from agent.app import Agent
     from agent.log import setup_logging
     from agent.seal.credentials import SealSetupError
@@ -71,12 +90,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         agent = Agent(loaded)
     except TlsConfigError as exc:
-        print(f"error: {args.config}: broker: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {config}: broker: {exc}", file=sys.stderr)
+        return None if fail_start(config, f"broker: {exc}") else 2
     except SealSetupError as exc:
-        print(f"error: {args.config}: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(_run_until_signal(agent))
+        print(f"error: {config}: {exc}", file=sys.stderr)
+        return None if fail_start(config, str(exc)) else 2
+    try:
+        code = asyncio.run(_run_until_signal(agent))
+    except Exception as exc:
+        if fail_start(config, f"the agent crashed: {exc!r}"[:300]):
+            return None
+        raise
+    return None if agent.remote_config.reload else code
 
 
 async def _run_until_signal(agent: Any) -> int:

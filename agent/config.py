@@ -130,16 +130,25 @@ class Commands(_Model):
     ``root`` is the provincial root the IOC command certificate must chain to; ``groups``
     the group names this gateway obeys group commands for. A command is taken at most once:
     its id is kept in ``state`` (default: ``commands.db`` next to the outbox) for
-    ``replay_window`` seconds, and older commands are refused."""
+    ``replay_window`` seconds, and older commands are refused. ``crl``: CRL files (PEM/DER)
+    the IOC command certificate is checked against, re-read when they change; a command is
+    refused while one was never readable, or is past its nextUpdate by more than ``crl_grace``
+    seconds (agent/control/revocation.py)."""
 
     enabled: bool = False
     root: Path = Path("/etc/urbanedge/pki/root.pem")
     groups: list[Ident] = Field(default_factory=list)
+    crl: list[Path] = Field(default_factory=list)
+    crl_grace: Annotated[float, Field(ge=0, le=365 * 86_400)] = 7 * 86_400.0
     replay_window: Annotated[float, Field(ge=60, le=30 * 86_400)] = 3600.0
     max_skew: Annotated[float, Field(ge=0, le=3600)] = 30.0
     ioc_id: Ident = "ioc-command"
     state: Path | None = None
     queue: Annotated[int, Field(ge=1, le=1000)] = 32
+    # The ``reboot`` command runs this (argv, no shell), e.g. ["systemctl", "reboot"]; unset,
+    # ``reboot`` is refused as ``unsupported``. Thresholds set by the ``threshold`` command are
+    # kept in ``thresholds.json`` next to ``state``.
+    reboot_command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
 
 
 class Buffer(_Model):
@@ -218,6 +227,92 @@ class Metrics(_Model):
         return v
 
 
+class LightingAmbient(_Model):
+    """Photocell rule: lamps on below ``on_below`` lux, off above ``off_above`` (hysteresis);
+    a change must hold ``dwell`` seconds. ``level``: % when dark in an "off" schedule step."""
+
+    on_below: Annotated[float, Field(ge=0)] = 30.0
+    off_above: Annotated[float, Field(ge=0)] = 80.0
+    dwell: Annotated[float, Field(ge=0, le=3600)] = 120.0
+    level: Annotated[int, Field(ge=0, le=100)] = 100
+
+    @model_validator(mode="after")
+    def _band(self) -> LightingAmbient:
+        if self.on_below >= self.off_above:
+            raise ValueError(f"on_below ({self.on_below:g}) must be below off_above ({self.off_above:g})")
+        return self
+
+
+class LightingTraffic(_Model):
+    """Traffic rule: more than ``above`` counted in the last minute -> ``boost`` % for ``hold`` s."""
+
+    above: Annotated[float, Field(ge=0)] = 10.0
+    boost: Annotated[int, Field(ge=0, le=100)] = 100
+    hold: Annotated[float, Field(ge=0, le=86_400)] = 120.0
+
+
+class Lighting(_Model):
+    """Local streetlight control (docs/lighting.md). Off unless ``enabled``; runs with or
+    without the uplink. ``schedule`` steps are ``"HH:MM=LEVEL"`` (0-100) or ``"HH:MM=off"`` in
+    local time (``utc_offset``); a signed ``schedule`` command replaces them, kept in ``state``
+    (default: ``lighting.json`` next to the outbox). ``devices``: default every device whose
+    profile has ``dim_level``."""
+
+    enabled: bool = False
+    utc_offset: Annotated[str, Field(pattern=r"^[+-]([01][0-9]|2[0-3]):[0-5][0-9]$")] = "+07:00"
+    schedule: list[str] = Field(default_factory=lambda: ["18:00=100", "23:00=50", "05:30=off"])
+    period: Annotated[float, Field(ge=0.2, le=300)] = 5.0
+    devices: list[Ident] = Field(default_factory=list)
+    ambient: LightingAmbient | None = None
+    traffic: LightingTraffic | None = None
+    state: Path | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: list[str]) -> list[str]:
+        from agent.control.lighting import Schedule
+
+        Schedule.parse(v)  # LightingError is a ValueError: reported as lighting.schedule
+        return v
+
+
+class Web(_Model):
+    """The local web page for technicians (docs/operations.md, "Local web page"). Off unless
+    ``listen`` is set. ``listen`` is an IP address of the service interface (the maintenance
+    Ethernet port, say); the wildcard addresses (0.0.0.0, ::) are refused unless
+    ``allow_wildcard`` — the page would then answer on the uplink too. Users and their salted
+    hashes are in ``passwords`` (mode 0600; set with ``urbanedge web passwd``). With
+    ``tls_cert``/``tls_key`` the page is served over HTTPS and its cookies are ``Secure``."""
+
+    listen: str | None = None
+    allow_wildcard: bool = False
+    passwords: Path = Path("/etc/urbanedge/web-passwords")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Extra names the page may be reached by (the Host header is checked: DNS rebinding).
+    hostnames: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,253}$")]] = Field(default_factory=list)
+    session_ttl: Annotated[float, Field(ge=300, le=7 * 86_400)] = 8 * 3600.0
+    idle_timeout: Annotated[float, Field(ge=60, le=86_400)] = 1800.0
+    history: Annotated[int, Field(ge=2, le=1000)] = 60
+    refresh: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    default_lang: Literal["vi", "en"] = "vi"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            from agent.ops.metrics import parse_listen
+
+            parse_listen(v)
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Web:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
 class AgentConfig(_Model):
     identity: Identity
     broker: Broker = Field(default_factory=Broker)
@@ -226,6 +321,8 @@ class AgentConfig(_Model):
     update: Update = Field(default_factory=Update)
     commands: Commands = Field(default_factory=Commands)
     metrics: Metrics = Field(default_factory=Metrics)
+    web: Web = Field(default_factory=Web)
+    lighting: Lighting = Field(default_factory=Lighting)
     buses: list[Bus] = Field(default_factory=list)
     profile_dirs: list[Path] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -310,11 +407,22 @@ def _check_semantics(path: Path, cfg: AgentConfig) -> LoadedConfig:
     cm = cfg.commands
     updates["commands"] = cm.model_copy(update={
         "root": _resolve(base, cm.root),
+        "crl": [_resolve(base, c) for c in cm.crl],
         "state": _resolve(base, cm.state) if cm.state is not None
         else updates["buffer"].path.with_name("commands.db")})
+    wb = cfg.web
+    updates["web"] = wb.model_copy(update={
+        k: _resolve(base, getattr(wb, k)) for k in ("passwords", "tls_cert", "tls_key") if getattr(wb, k) is not None})
+    lt = cfg.lighting
+    updates["lighting"] = lt.model_copy(update={
+        "state": _resolve(base, lt.state) if lt.state is not None
+        else updates["buffer"].path.with_name("lighting.json")})
     cfg = cfg.model_copy(update=updates)
     if cfg.commands.enabled and not cfg.commands.root.is_file():
         raise ConfigError(name, "commands.root", f"no such file: {cfg.commands.root}")
+    for i, crl in enumerate(cfg.commands.crl if cfg.commands.enabled else []):
+        if not crl.is_file():
+            raise ConfigError(name, f"commands.crl[{i}]", f"no such file: {crl}")
     if cfg.update.enabled:
         try:
             root = json.loads(cfg.update.root.read_bytes())
@@ -337,6 +445,8 @@ def _check_semantics(path: Path, cfg: AgentConfig) -> LoadedConfig:
         if f is not None and not f.is_file():
             raise ConfigError(name, f"broker.{k}", f"no such file: {f}")
     _check_buses(name, cfg, profiles)
+    _check_web(name, cfg.web)
+    _check_lighting(name, cfg, profiles)
     return LoadedConfig(path, cfg, profiles)
 
 
@@ -377,6 +487,43 @@ def _check_buses(name: str, cfg: AgentConfig, profiles: dict[str, Profile]) -> N
                     raise ConfigError(name, f"{at}.alarms.{rule}",
                                       f"profile {dev.profile!r} has no alarm rule {rule!r} "
                                       f"(has: {', '.join(sorted(rules)) or 'none'})")
+
+
+def _check_lighting(name: str, cfg: AgentConfig, profiles: dict[str, Profile]) -> None:
+    known = {dev.id: profiles[dev.profile] for bus in cfg.buses for dev in bus.devices}
+    for i, dev_id in enumerate(cfg.lighting.devices):
+        prof = known.get(dev_id)
+        if prof is None:
+            raise ConfigError(name, f"lighting.devices[{i}]", f"no device {dev_id!r} in buses")
+        if not any(p.name == "dim_level" and p.writable for p in prof.points):
+            raise ConfigError(name, f"lighting.devices[{i}]",
+                              f"{dev_id!r} (profile {prof.name!r}) has no writable dim_level")
+
+
+def _check_web(name: str, web: Web) -> None:
+    if web.listen is None:
+        return
+    import ipaddress
+
+    from agent.ops.metrics import parse_listen
+    from agent.web.passwords import mode_problem
+
+    host, _ = parse_listen(web.listen)
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(name, "web.listen", f"{host!r} is not an IP address: give the service interface's "
+                                              "address, e.g. 192.168.7.1:8080") from None
+    if addr.is_unspecified and not web.allow_wildcard:
+        raise ConfigError(name, "web.listen", f"{host} listens on every interface, the uplink included; give the "
+                                              "service interface's address (or set web.allow_wildcard = true)")
+    problem = mode_problem(web.passwords)
+    if problem is not None:
+        raise ConfigError(name, "web.passwords", problem)
+    for k in ("tls_cert", "tls_key"):
+        f = getattr(web, k)
+        if f is not None and not f.is_file():
+            raise ConfigError(name, f"web.{k}", f"no such file: {f}")
 
 
 def json_schema() -> dict[str, Any]:

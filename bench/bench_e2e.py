@@ -14,7 +14,7 @@ faster than sent?) and the CPU of the other processes (where the machine's time 
 
 Baselines, run in the same script with the same setup (``--baseline``):
 * ``naive`` (default): the agent with a one-request-per-point read plan (what a per-key
-  gateway does; 11 requests per streetlight instead of 3). Same agent code otherwise,
+  gateway does; 12 requests per streetlight instead of 3). Same agent code otherwise,
   started through ``_common.py run-agent --naive-plan``.
 * ``unbatched``: ``batch_max_records = 1``, one MQTT message per record.
 * ``none``: skip the baseline.
@@ -167,7 +167,7 @@ def run_case(label: str, o: Options, *, naive: bool, batch_max_records: int) -> 
 
 def report(figs: list[Figures], o: Options) -> None:
     print_table(
-        f"End to end: {o.sims} simulators x {o.units} streetlights (11 points), interval "
+        f"End to end: {o.sims} simulators x {o.units} streetlights (12 points), interval "
         f"{o.interval}s, window {o.window}s, durability=full, sealing on",
         ["run", "readings/s delivered", "records/s", "readings/message", "agent CPU us/reading",
          "agent CPU (cores)",

@@ -1,10 +1,10 @@
 """What sealing costs: bytes on the wire and CPU per reading, at 1, 12 and 60 readings per message.
 
 A reading is one point value. The readings are realistic streetlight polls: records made
-with ``agent.buffer.records.telemetry`` carrying the 11 points of
+with ``agent.buffer.records.telemetry`` carrying the 12 points of
 ``config/profiles/streetlight.toml`` with plausible values at the profile's resolution
 (voltage 229.7 V, current 0.512 A, power 117.6 W, energy 1234.57 kWh, power factor 0.962,
-lux 12, dim 80 %, booleans for the lamp relay and the fault bits), one record per device
+lux 12, traffic 0-30 per minute, dim 80 %, booleans for the lamp relay and the fault bits), one record per device
 poll, devices polled a few ms apart, sequence numbers in the hundreds of millions (a
 gateway that has run for a while). A message of N readings holds whole polls and, when N
 is not a multiple of 11, a last poll with only its first points (12 = 11 + 1, 60 = 5 x 11 + 5).
@@ -88,6 +88,7 @@ def poll_values(rng: random.Random, names: Sequence[str]) -> dict[str, Any]:
         "driver_fault": rng.random() < 0.02,
         "burning_hours": rng.randint(2_000, 30_000),
         "ambient_lux": rng.randint(0, 40),
+        "traffic_count": rng.randint(0, 30),
     }
     missing = set(names) - plausible.keys()
     if missing:

@@ -47,10 +47,18 @@ class Point(_Strict):
     unit: str = ""
     bit: Annotated[int | None, Field(ge=0, le=15)] = None
     writable: bool = False
+    # Range a command may write (engineering units, inclusive); the gateway refuses values
+    # outside it (``out_of_range``) before they reach the device.
+    min: float | None = None
+    max: float | None = None
     description: str = ""
 
     @model_validator(mode="after")
     def _check_encoding(self) -> Point:
+        if (self.min is not None or self.max is not None) and not self.writable:
+            raise ValueError("'min'/'max' limit writes: only for writable points")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("'min' must not exceed 'max'")
         if self.table in BIT_REGISTERS and self.type != "bool":
             raise ValueError(f"a {self.table} holds one bit: type must be 'bool'")
         if self.table not in BIT_REGISTERS and self.type == "bool" and self.bit is None:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ioc.pipeline import Pipeline, RecordSink
+from ioc.pipeline import DATA_CHANNELS, Pipeline, RecordSink
 from ioc.verify import Opener
 from pki.envelope import DEFAULT_MAX_BYTES
 
@@ -48,6 +48,8 @@ def add_parser(sub: Any) -> None:
     rx.add_argument("--format", choices=("json", "ngsi-ld"), default="json")
     rx.add_argument("--prefix", default="urbanedge/v1", help="topic prefix of the gateways")
     rx.add_argument("--group", default="ioc", help="shared-subscription group (MQTT v5)")
+    rx.add_argument("--channels", default=",".join(DATA_CHANNELS),
+                    help="data channels to subscribe to, comma-separated (a SOC: --channels security --group soc)")
     rx.add_argument("--no-share", action="store_true", help="plain subscription: this receiver gets everything")
     rx.add_argument("--mqtt", choices=("5", "3.1.1"), default="5", help="MQTT protocol version")
     rx.add_argument("--client-id", default="", help="a fixed id gives a persistent session (v5: 1 h)")
@@ -88,6 +90,10 @@ def add_parser(sub: Any) -> None:
     from ioc import command
 
     command.add_parser(isub)
+
+    from ioc import readings
+
+    readings.add_parser(isub)
 
 
 def _when(text: str) -> float:
@@ -212,6 +218,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
         opener = build_opener(args)
         if not host or not port.isdigit():
             raise IocSetupError(f"--broker {args.broker!r}: expected HOST:PORT")
+        channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+        if not channels or not set(channels) <= set(DATA_CHANNELS):
+            raise IocSetupError(f"--channels {args.channels!r}: some of {', '.join(DATA_CHANNELS)}")
         receipt_signer = _receipt_signer(args)
         store = open_store(args.store)
     except (IocSetupError, StoreError) as exc:
@@ -233,6 +242,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         settings = ReceiverSettings(
             host=host, port=int(port), prefix=args.prefix, group=None if args.no_share else args.group,
             client_id=args.client_id, protocol=5 if args.mqtt == "5" else 4, tls=_tls(args),
+            channels=channels,
         )
         crl_watch = CrlWatcher(args.crl, opener)
 

@@ -16,7 +16,8 @@ Mapping (value names from ``config/profiles/*.toml``):
 * ``water-meter`` → ``WaterConsumptionObserved`` (dataModel.WaterConsumption):
   waterConsumption (totaliser), alarmStopsLeaks (leak), alarmTamper (tamper),
   alarmWaterQuality (reverse_flow: the model's backflow alarm), alarmInProgress (any flag,
-  low_battery included); ``flow`` is an extension (the model has only weekly min/max flow).
+  low_battery included); ``flow`` is an extension (the model has only weekly min/max flow),
+  and so is ``valvePosition`` (valve_position, %, on meters with a shut-off valve).
 * ``flood-sensor`` → ``FloodMonitoring`` (dataModel.Environment): currentLevel (water_level),
   measuredDistance (distance), stationID (the device id), observationDateTime.
 * ``rain-gauge`` → ``WeatherObserved`` (dataModel.Weather): precipitation (rain_total, the
@@ -50,6 +51,7 @@ CONTEXTS: dict[str, list[str]] = {
 WATT, KILOWATT_HOUR, VOLT, AMPERE = "WTT", "KWH", "VLT", "AMP"
 CUBIC_METRE, CUBIC_METRE_PER_HOUR = "MTQ", "MQH"
 CENTIMETRE, MILLIMETRE = "CMT", "MMT"
+PERCENT = "P1"
 
 Entity = dict[str, Any]
 Values = Mapping[str, Any]
@@ -147,6 +149,7 @@ def _streetlight(b: _Builder) -> None:
 def _water_meter(b: _Builder) -> None:
     b.number("waterConsumption", "totaliser", CUBIC_METRE)
     b.number("flow", "flow", CUBIC_METRE_PER_HOUR)
+    b.number("valvePosition", "valve_position", PERCENT)
     flags = [
         b.alarm("alarmStopsLeaks", "leak"),
         b.alarm("alarmTamper", "tamper"),

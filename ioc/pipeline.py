@@ -22,7 +22,9 @@ from ioc.verify import Opener, Rejected, VerifiedBatch
 
 log = logging.getLogger("urbanedge.ioc")
 
-DATA_CHANNELS = ("alarm", "event", "telemetry")
+# "security": the gateway's security events (rejected commands, refused updates, certificate
+# problems) on a topic of their own, so a SOC can subscribe to just those.
+DATA_CHANNELS = ("alarm", "event", "security", "telemetry")
 
 
 class RecordSink(Protocol):

@@ -43,9 +43,16 @@ class ReceiverSettings:
     password: str | None = None
     keepalive: int = 30
     session_expiry: int = 3600  # s the broker keeps our queue while we are away (v5)
+    # Data channels subscribed: all by default; a SOC's receiver takes ("security",) only.
+    channels: tuple[str, ...] = DATA_CHANNELS
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.channels) - set(DATA_CHANNELS))
+        if unknown or not self.channels:
+            raise ValueError(f"channels must be some of {', '.join(DATA_CHANNELS)}, got {list(self.channels)}")
 
     def data_filters(self) -> list[str]:
-        plain = [f"{self.prefix}/+/+/{ch}" for ch in DATA_CHANNELS]
+        plain = [f"{self.prefix}/+/+/{ch}" for ch in self.channels]
         if self.group and self.protocol == 5:
             return [f"$share/{self.group}/{f}" for f in plain]
         return plain

@@ -20,8 +20,8 @@ from pki.envelope import EnvelopeError, Sign1, cert_thumbprint
 
 
 class IocSignerError(Exception):
-    """``reason``: ``malformed`` (x5chain/x5t), ``untrusted`` (chain), ``not_ioc`` (signer),
-    ``bad_signature``; ``detail`` says how."""
+    """``reason``: ``malformed`` (x5chain/x5t), ``untrusted`` (chain), ``revoked`` (a certificate
+    of the chain is on a CRL), ``not_ioc`` (signer), ``bad_signature``; ``detail`` says how."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -50,7 +50,9 @@ def verify_ioc_sign1(s1: Sign1, root: x509.Certificate, *, at: datetime, ioc_id:
     try:
         verify_chain(leaf, certs[1:], root, at=at if at.tzinfo else at.replace(tzinfo=UTC), crls=crls)
     except ChainError as exc:
-        raise IocSignerError("untrusted", f"{exc.reason}: {exc}") from None
+        # Revoked is its own verdict: the signer was the IOC's, and the CA withdrew it.
+        reason = "revoked" if exc.reason == "revoked" else "untrusted"
+        raise IocSignerError(reason, f"{exc.reason}: {exc}") from None
     signer = device_id_of(leaf)
     if signer != ioc_id or is_device_cert(leaf):
         raise IocSignerError("not_ioc", f"signed by {signer!r}, not the IOC ({ioc_id!r})")

@@ -7,6 +7,7 @@ system_packages() {
       mosquitto) command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
       postgresql) command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
                     || need+=(postgresql) ;;
+      chromium-driver) command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver) ;;
       *) command -v "$pkg" >/dev/null 2>&1 || need+=("$pkg") ;;
     esac
   done

@@ -2,6 +2,7 @@
 # Installs everything the tests need, then runs them all:
 #   system: mosquitto (real MQTT broker), socat (virtual serial cables), openssl,
 #           postgresql (a throw-away server for the shared IOC store tests)
+#           chromium, chromium-driver (headless browser for the local web page's tests)
 #   python: this package + test extras in ./.venv
 # Then: ruff, import rules, mypy (CPython; firmware/ against the ESP32 stubs), pytest (unit,
 # integration, firmware under the real MicroPython, hwtests against simulators).
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/system-packages.sh
-system_packages mosquitto socat openssl postgresql
+system_packages mosquitto socat openssl postgresql chromium chromium-driver
 
 project_venv "[test]"
 

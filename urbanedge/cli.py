@@ -15,6 +15,9 @@ import urbanedge
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="urbanedge",
+        # `urbanedge ioc command @ioc-command.args dim 40`: options kept in a file, one per line
+        # (the demo writes one; operators keep their broker/key/cert that way too).
+        fromfile_prefix_chars="@",
         description="Edge IoT gateway agent (Modbus/serial polling, durable outbox, sealed MQTT uplink), "
                     "provincial PKI and IOC receiver.",
     )
@@ -24,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import commands, demo
     from agent.ops import service
     from agent.update import launcher
+    from agent.web import passwords as web_passwords
     from drivers.sim import cli as sim_cli
     from ioc import cli as ioc_cli
     from ota import cli as ota_cli
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     provision_cli.add_parser(sub)
     ota_cli.add_parser(sub)
     service.add_parser(sub)
+    web_passwords.add_parser(sub)
     return parser
 
 

@@ -57,9 +57,11 @@ def telemetry(
     quality: str = "good",
     point_quality: dict[str, str] | None = None,
     error: str | None = None,
+    command_id: str | None = None,
 ) -> NewRecord:
     """A device poll: ``quality`` is good / stale / error for the poll as a whole,
-    ``point_quality`` names the points that are not good (with their own quality)."""
+    ``point_quality`` names the points that are not good (with their own quality).
+    ``command_id``: the poll was asked for by that command (``read-now``), not scheduled."""
     body: dict[str, Any] = {
         "kind": kind, "ts": round(ts, 3), "quality": quality, "values": values,
     }
@@ -67,6 +69,9 @@ def telemetry(
         body["q"] = point_quality
     if error:
         body["error"] = error
+    if command_id:
+        body["trigger"] = "read-now"
+        body["command_id"] = command_id
     return NewRecord(Priority.TELEMETRY, device_id, ts, _dump(body))
 
 

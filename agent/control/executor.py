@@ -5,6 +5,7 @@ Commands (``args`` in brackets):
 
 * ``on`` / ``off`` -> ``lamp_on`` = true / false
 * ``dim`` {level: 0..100} -> ``dim_level``
+* ``valve`` {level: 0..100} -> ``valve_setpoint`` (water meters with a shut-off valve)
 * ``write`` {point, value} -> any point the device's profile marks writable
 
 The target's ``points`` name field devices of this gateway; none named means every device
@@ -20,13 +21,16 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from cryptography import x509
 
 from agent.buffer.records import NewRecord
 from agent.config import LoadedConfig
+from agent.control.crl_watch import CrlWatch
 from agent.control.replay import ReplayStore
-from agent.control.results import State, command_result, security_event
+from agent.control.results import State, command_result, crl_event, security_event
 from agent.control.verify import Policy, verify
 from agent.ops.metrics import counters
 from agent.poll.coordinator import BusCoordinator
@@ -36,10 +40,12 @@ from drivers.modbus.plan import plan_reads
 from drivers.modbus.registermap import encode_point
 from drivers.profiles import Point, Profile, Value
 from pki.command import Command, CommandError
+from pki.sealed_args import Unsealer, open_command
 
 log = logging.getLogger("urbanedge.control")
+CRL_RECHECK = 60.0  # s between looks at the [commands] crl files while no command comes
 
-WRITE_COMMANDS = ("on", "off", "dim", "write")
+WRITE_COMMANDS = ("on", "off", "dim", "valve", "write")
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,11 @@ class FieldDevice:
 class CommandFailed(Exception):
     """An accepted command that could not be carried out; ``reason`` is reported."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", details: Mapping[str, object] | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.details = dict(details or {})  # what did work, for the ``failed`` result
 
 
 async def _nothing(_cmd: Command) -> None:
@@ -81,6 +88,12 @@ class Handler:
 
     run: Callable[[Command], Awaitable[Mapping[str, object] | None]] = _nothing
     check: Callable[[Command], None] = _no_check
+    # Runs once the ``done`` result is in the outbox (durable): for what ends the agent or
+    # the machine (restart, reboot), which could not report afterwards.
+    after: Callable[[Command], Awaitable[None]] | None = None
+    # Args carry secrets: they must arrive encrypted to this gateway (pki/sealed_args), else
+    # the command is rejected ``not_encrypted``.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,13 +111,13 @@ def _wanted(cmd: Command) -> tuple[str, Value]:
     """(point name, value) the command sets; raise ``bad_args`` / ``out_of_range``."""
     if cmd.cmd in ("on", "off"):
         return "lamp_on", cmd.cmd == "on"
-    if cmd.cmd == "dim":
+    if cmd.cmd in ("dim", "valve"):
         level = cmd.args.get("level")
         if isinstance(level, bool) or not isinstance(level, int | float) or not math.isfinite(level):
-            raise CommandError("bad_args", f"dim needs a numeric level, got {level!r}")
+            raise CommandError("bad_args", f"{cmd.cmd} needs a numeric level, got {level!r}")
         if not 0 <= level <= 100:
-            raise CommandError("out_of_range", f"dim level {level:g} is outside 0..100")
-        return "dim_level", round(level)
+            raise CommandError("out_of_range", f"{cmd.cmd} level {level:g} is outside 0..100")
+        return ("dim_level" if cmd.cmd == "dim" else "valve_setpoint"), round(level)
     if cmd.cmd == "write":
         name, value = cmd.args.get("point"), cmd.args.get("value")
         if not isinstance(name, str) or not isinstance(value, bool | int | float):
@@ -140,6 +153,9 @@ def plan(cmd: Command, devices: Mapping[str, FieldDevice]) -> list[Write]:
             encode_point(point, value)
         except (ValueError, OverflowError) as exc:
             raise CommandError("out_of_range", f"{dev.id}.{name} = {value!r}: {exc}") from None
+        low, high = point.min if point.min is not None else -math.inf, point.max if point.max is not None else math.inf
+        if not isinstance(value, bool) and not low <= value <= high:
+            raise CommandError("out_of_range", f"{dev.id}.{name} = {value!r} is outside {low:g}..{high:g}")
         writes.append(Write(dev.id, point, value))
     return writes
 
@@ -178,8 +194,11 @@ class CommandRunner:
 
     def __init__(self, policy: Policy, replay: ReplayStore, devices: Mapping[str, FieldDevice], append: Append,
                  *, write_timeout: float = 10.0, handlers: Mapping[str, Handler] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, crl_watch: CrlWatch | None = None,
+                 unsealer: Unsealer | None = None) -> None:
         self.policy, self.replay, self.devices, self.append = policy, replay, devices, append
+        self.unsealer = unsealer  # opens encrypted args; None: the seal key cannot (Ed25519)
+        self.crl_watch = crl_watch  # [commands] crl: revocation of the IOC command certificate
         self.write_timeout = write_timeout
         self.handlers = dict(handlers or {})  # agent-level commands (update-check, ...): no device writes
         self.clock = clock
@@ -187,11 +206,19 @@ class CommandRunner:
         self.rejected: Counter[str] = Counter()
         self.results: Counter[str] = Counter()
         self.last: dict[str, object] | None = None
+        # Told of every confirmed point write of a command (local lighting control takes an
+        # operator's on/off/dim as a manual override); quick, no I/O, must not raise.
+        self.write_observers: list[Callable[[Command, Write], None]] = []
 
     async def run(self, queue: asyncio.Queue[bytes]) -> None:
         try:
+            await self._refresh_crls()
             while True:
-                data = await queue.get()
+                try:
+                    data = await asyncio.wait_for(queue.get(), CRL_RECHECK)
+                except TimeoutError:
+                    await self._refresh_crls()  # a bad CRL is reported when it appears, not at the next command
+                    continue
                 try:
                     await self.handle(data)
                 except Exception:  # the agent must outlive any command: log, count, go on
@@ -214,11 +241,14 @@ class CommandRunner:
         except CommandFailed as exc:
             log.warning("event=command_failed id=%s cmd=%s reason=%s detail=%r", cmd.id_hex, cmd.cmd,
                         exc.reason, exc.detail)
-            await self._report(cmd.id_hex, cmd.cmd, "failed", exc.reason, detail=exc.detail[:300])
+            failed: dict[str, Any] = {**exc.details, "detail": exc.detail[:300]}
+            await self._report(cmd.id_hex, cmd.cmd, "failed", exc.reason, (), **failed)
             return "failed"
         log.info("event=command_done id=%s cmd=%s", cmd.id_hex, cmd.cmd)
         done: dict[str, Any] = dict(details or {})
         await self._report(cmd.id_hex, cmd.cmd, "done", None, (), **done)
+        if handler.after is not None:
+            await handler.after(cmd)
         return "done"
 
     async def _reject(self, exc: CommandError, cmd: Command | None) -> None:
@@ -234,16 +264,38 @@ class CommandRunner:
         await self._report(cmd_id or "", cmd.cmd if cmd is not None else "", "rejected", exc.reason, [sec],
                            detail=exc.detail[:300])
 
+    async def _refresh_crls(self) -> None:
+        if self.crl_watch is None:
+            return
+        try:
+            problems = self.crl_watch.refresh()
+        except Exception:  # a CRL bug must not stop the agent; the last good CRLs stay in force
+            log.exception("event=crl_refresh_crashed")
+            return
+        self.policy = replace(self.policy, crls=self.crl_watch.crls)
+        if problems:
+            now = self.clock()
+            counters.inc("security_events", amount=len(problems), kind="crl")
+            await self.append([crl_event(self.policy.gateway_id, now, reason, detail) for reason, detail in problems])
+
     async def handle(self, data: bytes) -> State:
+        await self._refresh_crls()
         now = self.clock()
         cmd: Command | None = None
         try:
             cmd = verify(data, self.policy, now)
+            unusable = self.crl_watch.verdict(now) if self.crl_watch is not None else None
+            if unusable is not None:
+                raise unusable  # fail closed: without usable revocation data no command is provably good
             if not self.replay.remember(cmd.id, keep_until=cmd.nbf + self.policy.window + self.policy.max_skew,
                                         cmd=cmd.cmd, now=now):
                 raise CommandError("replayed", f"command {cmd.id_hex} was already taken")
             handler = self.handlers.get(cmd.cmd)
+            cmd, encrypted = open_command(cmd, self.unsealer)
             if handler is not None:
+                if handler.sealed and not encrypted:
+                    raise CommandError("not_encrypted", f"{cmd.cmd} carries secrets: its args must be "
+                                       "encrypted to this gateway's seal certificate")
                 handler.check(cmd)
                 writes = []
             else:
@@ -260,6 +312,9 @@ class CommandRunner:
         for w in writes:
             reason = await apply(w, self.devices[w.device], limit=self.write_timeout)
             outcome[w.device] = reason or "done"
+            if reason is None:
+                for observe in self.write_observers:
+                    observe(cmd, w)
             if reason is not None:
                 log.warning("event=command_write_failed id=%s device=%s point=%s reason=%r",
                             cmd.id_hex, w.device, w.point.name, reason)
@@ -285,15 +340,29 @@ def field_devices(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator]) 
 
 
 def build_runner(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator], append: Append,
-                 handlers: Mapping[str, Handler] | None = None) -> CommandRunner:
+                 handlers: Mapping[str, Handler] | None = None, unsealer: Unsealer | None = None) -> CommandRunner:
     """The runner the agent starts when ``[commands] enabled``; raises OSError/ValueError on
-    an unreadable root (the config check already made sure the file exists)."""
-    from pki.keys import load_cert
+    an unreadable root (the config check already made sure the file exists). ``unsealer``
+    (the seal key) opens encrypted args."""
+    from pki.keys import load_cert, load_certs
 
     c, ident = loaded.config.commands, loaded.config.identity
     assert c.state is not None  # resolved by load_config
-    policy = Policy(gateway_id=ident.gateway_id, root=load_cert(c.root), groups=tuple(c.groups),
+    root = load_cert(c.root)
+    policy = Policy(gateway_id=ident.gateway_id, root=root, groups=tuple(c.groups),
                     max_skew=c.max_skew, window=c.replay_window, ioc_id=c.ioc_id)
     timeout = max((b.timeout for b in loaded.config.buses), default=1.0)
+    crl_watch = None
+    if c.crl:
+        # CAs a CRL may come from: the root and the CAs of our own chain (the issuing CA).
+        cas = [root, *(ca for ca in load_certs(loaded.config.seal.cert) if _is_ca(ca))]
+        crl_watch = CrlWatch(c.crl, cas, grace=c.crl_grace)
     return CommandRunner(policy, ReplayStore(c.state), field_devices(loaded, coordinators), append,
-                         write_timeout=4 * timeout + 1, handlers=handlers)
+                         write_timeout=4 * timeout + 1, handlers=handlers, crl_watch=crl_watch, unsealer=unsealer)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False

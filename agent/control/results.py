@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from agent.buffer.records import NewRecord, event
+from agent.security import events
 
 State = Literal["accepted", "done", "rejected", "failed"]
 
@@ -17,5 +18,10 @@ def command_result(source: str, ts: float, *, command_id: str, cmd: str, state: 
 
 def security_event(source: str, ts: float, *, reason: str, detail: str, command_id: str | None,
                    signer: str | None = None) -> NewRecord:
-    return event(source, ts, "security", category="command_rejected", reason=reason, detail=detail[:300],
-                 id=command_id, signer=signer)
+    return events.security_event(source, ts, category="command_rejected", reason=reason, detail=detail,
+                                 id=command_id, signer=signer)
+
+
+def crl_event(source: str, ts: float, reason: str, detail: str) -> NewRecord:
+    """A configured CRL that is not used (unreadable, unknown issuer, bad signature)."""
+    return events.security_event(source, ts, category="crl", reason=reason, detail=detail)

@@ -4,6 +4,7 @@ Order of the checks (the first failure is the reason reported):
 
 1. envelope, chain to the root, signer is the IOC command certificate, signature
    (:func:`pki.command.verify_command`) -> ``unsigned`` / ``malformed`` / ``wrong_signer`` /
+   ``revoked`` (the IOC command certificate or its CA is on one of ``Policy.crls``) /
    ``bad_signature``;
 2. target: this gateway, or a group this gateway is in -> ``not_for_us``;
 3. time: ``nbf - skew <= now <= exp + skew`` -> ``not_yet_valid`` / ``expired``;

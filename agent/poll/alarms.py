@@ -27,11 +27,32 @@ class AlarmEvaluator:
         overrides = overrides or {}
         self._rules = tuple(_override(r, overrides[r.name]) if r.name in overrides else r
                             for r in rules)
+        self._configured = {r.name: r for r in self._rules}  # what ``set_threshold(name, None)`` restores
         self._raised: dict[str, bool] = {}
 
     @property
     def rules(self) -> tuple[AlarmRule, ...]:
         return self._rules
+
+    @property
+    def configured(self) -> tuple[AlarmRule, ...]:
+        """The rules as configured (profile and config file), without run-time changes."""
+        return tuple(self._configured.values())
+
+    def threshold(self, name: str) -> float | bool | None:
+        """The threshold rule ``name`` uses now; None if there is no such rule."""
+        rule = next((r for r in self._rules if r.name == name), None)
+        return None if rule is None else _threshold(rule)
+
+    def set_threshold(self, name: str, value: float | None) -> None:
+        """Change the threshold of an above/below rule from the next evaluation on (``None``:
+        back to the configured one). The raised state is kept: a raised alarm whose new
+        threshold the value no longer passes clears on the next poll, with its hysteresis."""
+        base = self._configured[name]
+        if base.when is not None:
+            raise ValueError(f"alarm {name!r} is a flag alarm: it has no threshold")
+        rule = base if value is None else _override(base, value)
+        self._rules = tuple(rule if r.name == name else r for r in self._rules)
 
     def active(self) -> list[str]:
         """Names of the rules currently raised."""

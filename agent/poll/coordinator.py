@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.config import Bus, Device, ModbusRtuBus, ModbusTcpBus, SerialLineBus
 from agent.poll.alarms import AlarmEvaluator
-from agent.poll.device import DevicePoller, PollPolicy, Sink
+from agent.poll.device import DevicePoller, PollPolicy, Reading, Sink
 from agent.poll.readers import DeviceReader, LineReader, ModbusReader
 from agent.poll.rules import RuleEngine
 from drivers.modbus.client import ModbusBus
@@ -72,6 +72,15 @@ class BusCoordinator:
         finally:
             if self._modbus is not None:
                 await self._modbus.close()
+
+    async def poll_now(self, device_id: str, command_id: str) -> Reading:
+        """Poll one device of this bus at once (``read-now``): it waits for the bus lock
+        like a scheduled poll, so it never collides with one. Raises ``KeyError`` for a
+        device not on this bus, :class:`DeviceError` when it does not answer."""
+        poller = next((p for p in self.pollers if p.device_id == device_id), None)
+        if poller is None:
+            raise KeyError(device_id)
+        return await poller.poll_now(command_id)
 
     def utilisation(self) -> float:
         """Fraction of wall time the bus was held by a request since start."""

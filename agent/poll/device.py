@@ -197,7 +197,20 @@ class DevicePoller:
     def _count_failure(self, state: RetryCallState) -> None:
         self._count(state.outcome.exception() if state.outcome else None)
 
-    async def _on_success(self, result: PollResult) -> None:
+    async def poll_now(self, command_id: str) -> Reading:
+        """One poll out of schedule (the ``read-now`` command): through the bus lock like any
+        poll, recorded like any good poll but marked with ``command_id``. A failure raises
+        :class:`DeviceError` and is counted, but leaves the schedule's offline count alone:
+        one missed on-demand read does not make a device offline."""
+        try:
+            result = await self._attempt()
+        except DeviceError as exc:
+            self._count(exc)
+            raise
+        self.stats.polls += 1
+        return await self._on_success(result, command_id)
+
+    async def _on_success(self, result: PollResult, command_id: str | None = None) -> Reading:
         now = time.time()
         st = self.stats
         st.good += 1
@@ -210,9 +223,9 @@ class DevicePoller:
         st.online = True
         self._failed_cycles = 0
         await self.sink(telemetry(self.device_id, self.kind, now, result.values,
-                                  result.quality, result.point_quality))
+                                  result.quality, result.point_quality, command_id=command_id))
         good = {k: v for k, v in result.values.items() if k not in result.point_quality}
-        self.latest = Reading(self.device_id, now, good, result.quality)
+        self.latest = reading = Reading(self.device_id, now, good, result.quality)
         for observe in self.observers:
             try:
                 observe(self.latest)
@@ -229,6 +242,7 @@ class DevicePoller:
                         self.device_id, rt.name, rt.state, rt.value)
             await self.sink(alarm(self.device_id, self.kind, now, rt.name, rt.state,
                                   rt.severity, rt.point, rt.value, rt.threshold))
+        return reading
 
     async def _on_failure(self, exc: DeviceError) -> None:
         now = time.time()

@@ -25,6 +25,7 @@ class HealthSample:
 class HealthVerdict:
     ok: bool
     missing: tuple[str, ...]  # what has not been seen yet, in words for the status report
+    failed: tuple[str, ...] = ()  # the same as check names: "uplink", "buses", "outbox"
 
     @property
     def reason(self) -> str:
@@ -32,12 +33,15 @@ class HealthVerdict:
 
 
 def evaluate(sample: HealthSample) -> HealthVerdict:
-    missing = []
+    missing, failed = [], []
     if not sample.uplink_online and sample.acked_records == 0:
         missing.append("uplink never connected")
+        failed.append("uplink")
     idle = [b for b, good in sorted(sample.buses_polled.items()) if good == 0]
     if idle:
         missing.append("no successful poll on bus " + ", ".join(idle))
+        failed.append("buses")
     if sample.acked_records == 0 and sample.records_written > 0:
         missing.append("outbox not draining (no record acknowledged)")
-    return HealthVerdict(not missing, tuple(missing))
+        failed.append("outbox")
+    return HealthVerdict(not missing, tuple(missing), tuple(failed))

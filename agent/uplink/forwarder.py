@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 from agent.buffer.records import Priority, StoredRecord
 from agent.buffer.store import OutboxError
 from agent.seal.encode import BatchSealer, PayloadError
+from agent.uplink.routing import same_channel_run
 from agent.uplink.topics import Topics
 
 log = logging.getLogger("urbanedge.uplink")
@@ -75,6 +76,12 @@ class UplinkSettings:
     # Called with each message on the gateway's command topic (subscribed only when set).
     # The payload is untrusted: the callee decides what, if anything, it may cause.
     on_command: Callable[[bytes], None] | None = None
+    # More command topics (the gateway's groups, ``Topics.group_command``): subscribed with the
+    # gateway's own, on every (re)connect, and handed to ``on_command`` alike.
+    command_topics: tuple[str, ...] = ()
+    # Called with the exception that ended a connection attempt before it was online (e.g. a
+    # TLS handshake failure): the agent turns certificate problems into security events.
+    on_connect_failure: Callable[[BaseException], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -115,6 +122,12 @@ def _dump(obj: dict[str, Any]) -> bytes:
 async def _wait_event(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
+    # Python 3.11's wait_for swallows a cancellation that races with the event being set
+    # (fixed in 3.12): an agent stopping right after an append (a restart or config switch
+    # after its command result) would otherwise pump on into a TaskGroup that is shutting down.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _reason(exc: BaseException) -> str:
@@ -151,6 +164,7 @@ class Forwarder:
         )
         self._retrying = AsyncRetrying(wait=self._wait)
         self._version = _agent_version()
+        self._live: aiomqtt.Client | None = None  # the online connection, for rebirth()
 
     @property
     def state(self) -> str:
@@ -233,8 +247,10 @@ class Forwarder:
                 try:
                     await self._announce(client)
                     if self._settings.on_command is not None:
-                        await client.subscribe(self._settings.topics.channel("command"), qos=1)
+                        for topic in (self._settings.topics.command, *self._settings.command_topics):
+                            await client.subscribe(topic, qos=1)
                     online = True
+                    self._live = client
                     self._on_online()
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._watch(client), name="uplink-watch")
@@ -244,7 +260,10 @@ class Forwarder:
                     raise
         except* aiomqtt.MqttError as group:
             reason = _reason(group.exceptions[0])
+            if not online and self._settings.on_connect_failure is not None:
+                self._settings.on_connect_failure(group.exceptions[0])
         finally:
+            self._live = None
             # A send task cancelled before it ran never reached its own decrement.
             self._inflight = 0
         return online, reason
@@ -272,6 +291,16 @@ class Forwarder:
         await client.publish(s.topics.cert, s.sealer.announcement(ts=now), qos=1, retain=True)
         await client.publish(s.topics.status, _dump(status), qos=1, retain=True)
         await client.publish(s.topics.birth, _dump(birth), qos=1)
+
+    async def rebirth(self) -> bool:
+        """Announce again now (certificate, status, birth: what a connect sends), for the
+        IOC's ``rebirth`` command. False when offline: the next connect announces anyway.
+        Raises ``aiomqtt.MqttError`` if the connection fails meanwhile."""
+        client = self._live
+        if client is None:
+            return False
+        await self._announce(client)
+        return True
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         # A clean DISCONNECT suppresses the will, so a planned stop says it itself.
@@ -310,7 +339,7 @@ class Forwarder:
                 slots.release()
                 await self._idle()
                 continue
-            prio, records = found
+            prio, topic, records = found
             if prio != Priority.ALARM and self._inflight > 0 and len(records) < self._min_batch:
                 # Nagle for sealed batches: each message costs ≈250 µs of sealing (an ECDH and
                 # a signature) and ≈250 bytes, so while a message is in flight a small batch
@@ -328,11 +357,11 @@ class Forwarder:
             self._inflight += 1
             self._stats.published_messages += 1
             self._stats.published_records += len(encoded[0])
-            tg.create_task(self._send(client, slots, prio, *encoded))
+            tg.create_task(self._send(client, slots, topic, *encoded))
 
     async def _next_batch(
         self, cursors: dict[Priority, int]
-    ) -> tuple[Priority, list[StoredRecord]] | None:
+    ) -> tuple[Priority, str, list[StoredRecord]] | None:
         s = self._settings
         budget = max(
             s.batch_max_bytes // 2,
@@ -341,7 +370,9 @@ class Forwarder:
         for prio in PRIORITIES:
             records = await self._outbox.fetch(prio, cursors[prio], s.batch_max_records, budget)
             if records:
-                return prio, records
+                # One sealed message goes to one topic: security events split a run of events.
+                channel, run = same_channel_run(records)
+                return prio, s.topics.channel(channel), run
         return None
 
     async def _idle(self) -> None:
@@ -375,16 +406,14 @@ class Forwarder:
         self,
         client: aiomqtt.Client,
         slots: asyncio.Semaphore,
-        prio: Priority,
+        topic: str,
         records: list[StoredRecord],
         payload: bytes,
     ) -> None:
         s = self._settings
         try:
             # A PUBACK that has not come after two keepalives will not come.
-            await client.publish(
-                s.topics.for_priority(prio), payload, qos=1, timeout=2.0 * s.keepalive + 5
-            )
+            await client.publish(topic, payload, qos=1, timeout=2.0 * s.keepalive + 5)
             await self._outbox.delete([r.seq for r in records])
             self._stats.acked_messages += 1
             self._stats.acked_records += len(records)

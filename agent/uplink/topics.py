@@ -1,4 +1,5 @@
-"""[pure] MQTT topic names of one gateway: ``<prefix>/<site>/<gateway>/<channel>``.
+"""[pure] MQTT topic names of one gateway: ``<prefix>/<site>/<gateway>/<channel>``, and of
+group commands: ``<prefix>/group/<group>/command`` (so ``group`` is not a usable site name).
 
 Every segment is checked when the :class:`Topics` is built, so a gateway id or site
 that would turn a topic into a wildcard (``+``/``#``) or shift its levels (``/``) is a
@@ -13,8 +14,9 @@ from agent.buffer.records import Priority
 
 MAX_SEGMENT = 64
 CHANNELS: frozenset[str] = frozenset(
-    {"telemetry", "alarm", "event", "status", "birth", "cert", "command"}
+    {"telemetry", "alarm", "event", "security", "status", "birth", "cert", "command"}
 )
+GROUP_LEVEL = "group"  # the level where a site would be, in group command topics
 _FORBIDDEN = frozenset("+#/\x00")
 _BY_PRIORITY: dict[Priority, str] = {
     Priority.ALARM: "alarm",
@@ -51,6 +53,8 @@ class Topics:
         for level in self.prefix.split("/"):
             check_segment(level, "prefix level")
         check_segment(self.site, "site")
+        if self.site == GROUP_LEVEL:
+            raise TopicError(f"site {GROUP_LEVEL!r} is reserved: <prefix>/{GROUP_LEVEL}/... are group command topics")
         check_segment(self.gateway_id, "gateway id")
 
     def channel(self, name: str) -> str:
@@ -72,6 +76,10 @@ class Topics:
         return self.channel("event")
 
     @property
+    def security(self) -> str:
+        return self.channel("security")
+
+    @property
     def status(self) -> str:
         return self.channel("status")
 
@@ -86,6 +94,10 @@ class Topics:
     @property
     def command(self) -> str:
         return self.channel("command")
+
+    def group_command(self, group: str) -> str:
+        """The command topic of ``group``, shared by every gateway in it (under our prefix)."""
+        return group_command_topic(self.prefix, group)
 
     def for_priority(self, prio: Priority) -> str:
         """Where records of priority ``prio`` are published."""
@@ -105,3 +117,10 @@ class Topics:
         if channel not in CHANNELS:
             raise TopicError(f"topic {topic!r} has unknown channel {channel!r}")
         return site, gateway, channel
+
+
+def group_command_topic(prefix: str, group: str) -> str:
+    """``<prefix>/group/<group>/command``: every gateway in ``group`` subscribes to it."""
+    for level in prefix.split("/"):
+        check_segment(level, "prefix level")
+    return f"{prefix}/{GROUP_LEVEL}/{check_segment(group, 'group')}/command"

@@ -11,7 +11,7 @@ the point the alarm rule watches past its threshold until cleared; kind models a
 the forced value to their physical state so dependent points stay consistent (a forced
 flood level also shortens the echo distance).
 
-Times are UNIX seconds; day/night schedules use UTC hours.
+Times are UNIX seconds; day/night schedules use UTC hours (the water meter: local hours).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class KindModel:
 
 
 class StreetlightModel(KindModel):
-    """Dusk-to-dawn lamp with a midnight dimming step, metered at the mains."""
+    """Dusk-to-dawn lamp with a midnight dimming step, metered at the mains; a radar/PIR
+    counts passers-by per minute (rush hours busy, the small hours nearly empty)."""
 
     RATED_W = 60.0
 
@@ -60,6 +61,13 @@ class StreetlightModel(KindModel):
         self.hours = float(rng.randint(1000, 20000))
         self.noise = 1.0
         self.lux = self._daylight()
+        self.traffic = self._traffic()
+
+    def _traffic(self) -> int:
+        hour = _hour(self.t)
+        rush = math.exp(-((hour - 7.5) ** 2) / 2) + math.exp(-((hour - 17.5) ** 2) / 2)
+        mean = 1.0 + 25.0 * rush + (4.0 if 6.0 <= hour < 22.0 else 0.0)
+        return max(0, round(self.rng.gauss(mean, math.sqrt(mean))))
 
     def _daylight(self) -> float:
         sun = math.sin(math.pi * (_hour(self.t) - 6.0) / 12.0)
@@ -80,6 +88,7 @@ class StreetlightModel(KindModel):
     def step(self, dt: float, commands: Mapping[str, Value], forced: Mapping[str, Value]) -> None:
         self.voltage = _clamp(self.voltage + self.rng.gauss(0, 0.4), 225.0, 235.0)
         self.lux = self._daylight()
+        self.traffic = self._traffic()
         self.noise = 1 + self.rng.uniform(-0.01, 0.01)
         self.energy += self._power(commands, forced) * dt / 3.6e6
         if self._lamp(commands)[0]:
@@ -95,11 +104,23 @@ class StreetlightModel(KindModel):
             "current": power / (self.voltage * pf), "power_factor": pf,
             "lamp_fault": False, "driver_fault": False,
             "burning_hours": math.floor(self.hours), "ambient_lux": round(self.lux),
+            "traffic_count": self.traffic,
         }
 
 
 class WaterMeterModel(KindModel):
-    """Household demand with morning/evening peaks; the battery drains slowly."""
+    """A household behind the meter: water is drawn in events (a shower, a flush, a tap),
+    often in the morning and evening, seldom at night, and between events nothing flows; so
+    the night-flow leak rule stays quiet unless a leak is injected (``alarm leak``: a
+    continuous trickle). A motorised valve throttles the flow; 0 % shuts it off. The battery
+    drains slowly.
+
+    Hours here are local (``UTC_OFFSET_H``, Vietnam, the profile's night-flow default), not
+    UTC like the other models: household habits follow the local clock."""
+
+    UTC_OFFSET_H = 7.0
+    VALVE_RATE = 25.0  # % per second: a small motorised ball valve strokes in about 4 s
+    LEAK_FLOW = 0.02  # m3/h (20 L/h: a running cistern)
 
     def __init__(self, rng: random.Random, start: float) -> None:
         super().__init__(rng, start)
@@ -107,16 +128,30 @@ class WaterMeterModel(KindModel):
         self.flow = 0.0
         self.pressure = 3.5
         self.battery = rng.uniform(60, 100)
+        self.valve = 100.0
+        self.draw = 0.0  # m3/h of the water-use event under way, 0 between events
+        self.draw_left = 0.0  # s left of that event
 
-    def _demand(self) -> float:
-        hour = _hour(self.t)
-        peaks = math.exp(-((hour - 7.5) ** 2)) + 0.7 * math.exp(-((hour - 19.5) ** 2) / 2)
-        return 0.05 + 1.2 * peaks
+    def _events_per_hour(self) -> float:
+        hour = ((self.t / 3600.0) + self.UTC_OFFSET_H) % 24.0
+        peaks = math.exp(-((hour - 7.0) ** 2) / 2) + 0.8 * math.exp(-((hour - 19.5) ** 2) / 3)
+        return 0.1 + 8.0 * peaks  # about one event in ten hours at 01:00-04:00
+
+    def _valve(self, dt: float, commands: Mapping[str, Value]) -> None:
+        want = _clamp(float(commands.get("valve_setpoint", 100.0)), 0.0, 100.0)
+        travel = self.VALVE_RATE * dt
+        self.valve = want if abs(want - self.valve) <= travel else self.valve + math.copysign(travel, want - self.valve)
 
     def step(self, dt: float, commands: Mapping[str, Value], forced: Mapping[str, Value]) -> None:
-        flow = max(0.0, self._demand() * (1 + self.rng.gauss(0, 0.1)))
+        self._valve(dt, commands)
+        if self.draw_left <= 0.0 and self.rng.random() < 1.0 - math.exp(-self._events_per_hour() * dt / 3600.0):
+            self.draw = self.rng.uniform(0.3, 1.2)
+            self.draw_left = self.rng.uniform(30.0, 300.0)
+        demand = self.draw * (1 + self.rng.gauss(0, 0.05)) if self.draw_left > 0.0 else 0.0
+        self.draw_left = max(0.0, self.draw_left - dt)
         if forced.get("leak"):
-            flow = max(flow, 0.02)
+            demand = max(demand, self.LEAK_FLOW)
+        flow = max(0.0, demand) * self.valve / 100.0
         if forced.get("reverse_flow"):
             flow = -abs(flow) * 0.1 - 0.005
         self.flow = flow
@@ -129,6 +164,7 @@ class WaterMeterModel(KindModel):
         return {
             "totaliser": self.total, "flow": round(self.flow, 4),
             "pressure": self.pressure, "battery": round(self.battery),
+            "valve_position": round(self.valve), "valve_setpoint": commands.get("valve_setpoint", 100),
             "leak": False, "tamper": False, "reverse_flow": self.flow < 0,
             "low_battery": self.battery < 10.0,
         }

@@ -55,15 +55,25 @@ PROFILES = {
                 ),
             ),
             (
+                3,
+                'holding',
+                0,
+                1,
+                (
+                    ('valve_setpoint', 'uint16', 0, False, -1, 1, 0, 0, 1.0, 0.0, '%'),
+                ),
+            ),
+            (
                 4,
                 'input',
                 0,
-                6,
+                7,
                 (
                     ('totaliser', 'uint32', 0, True, -1, 1, 0, 1000, 0.001, 0.0, 'm3'),
                     ('flow', 'float32', 2, False, -1, 1, 0, 0, 1.0, 0.0, 'm3/h'),
                     ('pressure', 'uint16', 4, False, -1, 1, 0, 100, 0.01, 0.0, 'bar'),
                     ('battery', 'uint16', 5, False, -1, 1, 0, 0, 1.0, 0.0, '%'),
+                    ('valve_position', 'uint16', 6, False, -1, 1, 0, 0, 1.0, 0.0, '%'),
                 ),
             ),
         ),

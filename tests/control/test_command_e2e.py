@@ -142,6 +142,7 @@ def test_bad_commands_are_rejected_with_their_reason_and_the_agent_keeps_running
 
 def test_cli_bad_input_exits_2(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "urbanedge", "ioc", "command", "--gateway", GW, "--site", SITE]
-    for args in (["dim"], ["dim", "forty"], ["reboot"], ["--publish", str(tmp_path / "missing")], ["on"]):
+    for args in (["dim"], ["dim", "forty"], ["self-destruct"], ["threshold", "flood_alert"], ["valve", "open"],
+                 ["threshold", "flood_alert", "true"], ["--publish", str(tmp_path / "missing")], ["on"]):
         res = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60)
         assert res.returncode == 2 and res.stderr.startswith("error: "), (args, res.stderr)

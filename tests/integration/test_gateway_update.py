@@ -326,6 +326,9 @@ def test_hostile_server_is_reported_and_survived(
         wait_for(lambda: "rejected" in statuses(sub, "0.2.0"), 60, "endless data rejected", step=0.2)
         rejected = [r for r in sub.of_type("event") if r.get("event") == "ota_status" and r["state"] == "rejected"]
         assert rejected[0]["reason"].startswith("too-long")
+        # A target that does not stop is an attack on the gateway: the SOC hears of it too.
+        wait_for(lambda: any(r["event"] == "security" and r["category"] == "update_rejected"
+                             and r["reason"] == "too-long" for r in sub.of_type("event")), 30, "security event")
 
         server.faults.clear()
         server.faults.fail(path, 500)

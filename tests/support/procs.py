@@ -158,7 +158,7 @@ class Subscriber:
                 parked, self.parked = self.parked, []
                 for p in parked:
                     self._open(p)
-            elif channel in ("telemetry", "alarm", "event"):
+            elif channel in ("telemetry", "alarm", "event", "security"):
                 self._open(payload)
 
     def _open(self, payload: bytes) -> None:

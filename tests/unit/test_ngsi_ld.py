@@ -31,10 +31,11 @@ SAMPLE_VALUES: dict[str, dict[str, Any]] = {
     "streetlight": {
         "lamp_on": True, "dim_level": 80, "active_power": 121.5, "energy": 1234.56, "voltage": 230.1,
         "current": 0.528, "power_factor": 0.97, "lamp_fault": False, "driver_fault": False,
-        "burning_hours": 10234, "ambient_lux": 3,
+        "burning_hours": 10234, "ambient_lux": 3, "traffic_count": 7,
     },
     "water-meter": {
         "totaliser": 1523.417, "flow": 0.84, "pressure": 3.12, "battery": 87,
+        "valve_position": 100, "valve_setpoint": 100,
         "leak": False, "tamper": False, "reverse_flow": False, "low_battery": False,
     },
     "flood-sensor": {"water_level": 123.4, "distance": 2766, "rainfall": 412.3, "battery": 3.71},
@@ -111,6 +112,7 @@ def test_water_meter() -> None:
     assert entity["type"] == "WaterConsumptionObserved"
     assert entity["waterConsumption"] == prop(1523.417, "MTQ")
     assert entity["flow"] == prop(0.84, "MQH")
+    assert entity["valvePosition"] == prop(100, "P1")
     for attr in ("alarmStopsLeaks", "alarmTamper", "alarmWaterQuality", "alarmInProgress"):
         assert entity[attr] == prop(0), attr
     assert entity["@context"][0].endswith("/dataModel.WaterConsumption/master/context.jsonld")

@@ -205,5 +205,5 @@ def test_rtu_bus_chars() -> None:
 def test_shipped_streetlight_reads_in_one_request_per_table() -> None:
     blocks = plan_reads(builtin_profiles()["streetlight"].points)
     assert [(b.table, b.start, b.count) for b in blocks] == [
-        ("coil", 0, 1), ("holding", 0, 1), ("input", 0, 15)
+        ("coil", 0, 1), ("holding", 0, 1), ("input", 0, 16)
     ]

@@ -1,0 +1,1 @@
+"""Security events: what a SOC watches (docs/wire-format.md, "Security events")."""
