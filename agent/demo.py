@@ -87,7 +87,10 @@ async def _broker(port: int) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await broker.shutdown()
+        try:
+            await asyncio.wait_for(broker.shutdown(), 15)
+        except TimeoutError:
+            log.warning("event=demo_broker_shutdown_timeout")
 
 
 class _Uplink:
@@ -312,7 +315,7 @@ async def _run_all(args: argparse.Namespace, agent: Any, sims: dict[str, Any], r
             raise RuntimeError("the IOC receiver could not subscribe to the demo broker")
         async with asyncio.TaskGroup() as tg:
             consumer = tg.create_task(asyncio.to_thread(receiver.run, stop=consumer_stop))
-            agent_task = tg.create_task(agent.run())
+            agent_task = tg.create_task(_gateway(args, agent))
             injector = None
             if args.alarm_after >= 0:
                 injector = tg.create_task(_inject_alarm(args, sims["flood-sensor"], args.alarm_after))
@@ -323,11 +326,10 @@ async def _run_all(args: argparse.Namespace, agent: Any, sims: dict[str, Any], r
             else:
                 await stop.wait()
             agent_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await agent_task
+            await _bounded(args, "the agent's shutdown", agent_task)
             await asyncio.sleep(0.5)  # let the last acknowledged messages reach the receiver
             consumer_stop.set()
-            await consumer
+            await _bounded(args, "the IOC receiver", consumer)
             if injector is not None:
                 injector.cancel()
             outage.cancel()
@@ -367,6 +369,43 @@ class _DemoSink:
         for rec in records:
             _print_record(self.args, source, {**rec, "verified": dict(verified or {})})
         return len(records)
+
+
+async def _gateway(args: argparse.Namespace, agent: Any) -> None:
+    """The demo's gateway, started again in this process when it asks to be, as `urbanedge run`
+    and the launcher do: after a signed ``restart``, or on a new configuration from a signed
+    ``config`` command (which the gateway keeps only if it proves healthy: agent/reconfig)."""
+    from agent.app import Agent
+    from agent.config import ConfigError, load_config
+    from agent.reconfig.remote import fail_start, prepare_start
+    from agent.seal.credentials import SealSetupError
+    from agent.uplink.tls import TlsConfigError
+
+    path = agent.loaded.path
+    while True:
+        await agent.run()
+        if not (agent.restart_requested or agent.remote_config.reload):
+            return
+        while True:
+            prepare_start(path)
+            _say(args, f"demo: the gateway starts again on {path}")
+            try:
+                agent = Agent(load_config(path))
+                break
+            except (ConfigError, TlsConfigError, SealSetupError) as exc:
+                if not fail_start(path, str(exc)[:300]):
+                    _say(args, f"demo: the gateway cannot start: {exc}")
+                    return
+
+
+async def _bounded(args: argparse.Namespace, what: str, task: asyncio.Task[Any], limit: float = 30.0) -> None:
+    """Wait for ``task`` to end, at most ``limit`` s: Ctrl-C must never leave the demo hanging."""
+    done, _ = await asyncio.wait([task], timeout=limit)
+    if not done:
+        _say(args, f"demo: {what} did not stop within {limit:g} s: left behind")
+        task.cancel()
+    elif not task.cancelled() and task.exception() is not None:
+        _say(args, f"demo: {what} failed: {task.exception()!r}")
 
 
 async def _uplink_switch(args: argparse.Namespace, uplink: _Uplink) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,17 @@ from pathlib import Path
 
 def test_demo_json_shows_every_kind_and_the_alarm(tmp_path: Path) -> None:
     work = tmp_path / "demo"
-    res = subprocess.run(
-        [sys.executable, "-m", "urbanedge", "demo", "--duration", "12", "--json",
-         "--workdir", str(work), "--interval", "1", "--alarm-after", "4"],
-        capture_output=True, text=True, timeout=120,
-    )
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "urbanedge", "demo", "--duration", "12", "--json",
+           "--workdir", str(work), "--interval", "1", "--alarm-after", "4"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            # Seen once under load: SIGABRT makes faulthandler print every thread's stack.
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"the demo did not stop; its stderr:\n{err[-8000:]}") from None
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert res.returncode == 0, res.stderr[-3000:]
     records = [json.loads(line) for line in res.stdout.splitlines()]
     assert records, "no records printed"
