@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import tarfile
-import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -52,6 +51,7 @@ from tuf.api.metadata import (  # type: ignore[attr-defined]
 from tuf.api.serialization.json import JSONSerializer
 
 from ota.release_meta import ROLLOUT_STATES, Rollout, version_key
+from urbanedge.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +89,7 @@ def _now() -> datetime:
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, data, mode=mode)
 
 
 def _write_private(path: Path, data: bytes) -> None:

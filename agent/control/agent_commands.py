@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -42,6 +41,7 @@ from agent.poll.device import DevicePoller, Reading
 from agent.update.updater import RestartRequested
 from drivers.errors import DeviceError
 from pki.command import Command, CommandError
+from urbanedge.atomic import write_atomically
 
 log = logging.getLogger("urbanedge.control")
 
@@ -56,23 +56,6 @@ def thresholds_path(commands_state: Path) -> Path:
 
 def _pollers(coordinators: Sequence[BusCoordinator]) -> dict[str, tuple[BusCoordinator, DevicePoller]]:
     return {p.device_id: (c, p) for c in coordinators for p in c.pollers}
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Temp file, fsync, rename, fsync the directory: after a power cut the file is the old
-    # one or the new one, never a torn mix.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_thresholds(path: Path, coordinators: Sequence[BusCoordinator]) -> thresholds.Overrides:
@@ -186,7 +169,7 @@ class AgentCommands:
         new = thresholds.apply(self.overrides, changes)
         try:
             # On disk first: a threshold in force must survive a restart.
-            await asyncio.to_thread(_write_atomically, self.thresholds_file, thresholds.encode(new))
+            await asyncio.to_thread(write_atomically, self.thresholds_file, thresholds.encode(new))
         except OSError as exc:
             raise CommandFailed("state_write_failed", f"{self.thresholds_file}: {exc}") from None
         self.overrides = new

@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from agent.control.lighting import (
 from agent.poll.coordinator import BusCoordinator
 from agent.poll.device import Reading, ReadingObserver
 from pki.command import Command, CommandError
+from urbanedge.atomic import write_atomically
 
 log = logging.getLogger("urbanedge.lighting")
 
@@ -78,19 +78,7 @@ class StateFile:
         return data if isinstance(data, dict) else {}
 
     def save(self, data: Mapping[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        # The rename itself must reach the disk, or a power cut could bring back the old file.
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(self.path, json.dumps(data).encode())
 
 
 @dataclass

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from agent.reconfig.trial import TrialRecord, TrialRecordError
+from urbanedge.atomic import write_atomically
 
 log = logging.getLogger("urbanedge.reconfig")
 
@@ -29,22 +30,7 @@ def sha256(data: bytes) -> str:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomically(path, data, mode=mode)
 
 
 class ConfigFiles:

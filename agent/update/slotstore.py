@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.update.bootstate import BadBootState, BootState, Slot
+from urbanedge.atomic import fsync_dir, write_atomically
 
 log = logging.getLogger("urbanedge.update")
 
@@ -39,14 +40,6 @@ class SlotRelease:
     version: str
     counter: int
     requires: tuple[str, ...]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SlotStore:
@@ -73,17 +66,7 @@ class SlotStore:
             raise BadBootState(f"{self.state_path}: {exc}") from exc
 
     def save(self, state: BootState) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / (STATE_FILE + ".tmp")
-        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.state_path)
-        _fsync_dir(self.root)
+        write_atomically(self.state_path, json.dumps(state.to_json(), indent=1, sort_keys=True).encode())
 
     def install(self, slot: Slot, tarball: Path, *, version: str, counter: int) -> SlotRelease:
         """Unpack a release tarball into ``slot``; check it is the release TUF described."""
@@ -124,7 +107,7 @@ class SlotStore:
             os.replace(target, old)
             shutil.rmtree(old)
         os.replace(staging, target)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return rel
 
     def cleanup(self) -> None:
@@ -189,4 +172,4 @@ def _sync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
 from agent.web.auth import (
@@ -24,6 +22,7 @@ from agent.web.auth import (
     parse_password_file,
     set_password_line,
 )
+from urbanedge.atomic import write_atomically
 
 MIN_PASSWORD = 8
 
@@ -71,18 +70,7 @@ def set_password(path: Path, user: str, password: str, *, iterations: int = ITER
         old = ""
     text = set_password_line(old, user, hash_password(password, iterations=iterations))
     parse_password_file(text)  # never write a file the agent would refuse
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".passwd-", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"), mode=0o600)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
