@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +28,17 @@ from drivers.errors import ProfileError
 from drivers.profiles import Profile, load_profiles
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _check_listen(v: str) -> str:
+    from agent.ops.metrics import parse_listen
+
+    parse_listen(v)  # ValueError names the problem: reported as <section>.listen
+    return v
+
+
+# "HOST:PORT" a local server binds to (metrics, web page).
+Listen = Annotated[str, AfterValidator(_check_listen)]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[iI]?[bB]?\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -215,16 +227,7 @@ class Metrics(_Model):
     is set: it is unauthenticated and names every device, so it is bound only to the address
     given here — the gateway's service interface (e.g. ``127.0.0.1:9464`` or the VPN address)."""
 
-    listen: str | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            from agent.ops.metrics import parse_listen
-
-            parse_listen(v)
-        return v
+    listen: Listen | None = None
 
 
 class LightingAmbient(_Model):
@@ -284,7 +287,7 @@ class Web(_Model):
     hashes are in ``passwords`` (mode 0600; set with ``urbanedge web passwd``). With
     ``tls_cert``/``tls_key`` the page is served over HTTPS and its cookies are ``Secure``."""
 
-    listen: str | None = None
+    listen: Listen | None = None
     allow_wildcard: bool = False
     passwords: Path = Path("/etc/urbanedge/web-passwords")
     tls_cert: Path | None = None
@@ -296,15 +299,6 @@ class Web(_Model):
     history: Annotated[int, Field(ge=2, le=1000)] = 60
     refresh: Annotated[float, Field(ge=0, le=3600)] = 10.0
     default_lang: Literal["vi", "en"] = "vi"
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            from agent.ops.metrics import parse_listen
-
-            parse_listen(v)
-        return v
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Web:

@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pki.command import new_command
-from tests.support import testpki
+from tests.support import procs, testpki
 from tests.support.mosquitto import Mosquitto
 from tests.support.ports import free_port
 from tests.support.procs import AgentProc, SimProc, Subscriber, agent_config, tcp_bus, wait_for
@@ -57,12 +57,8 @@ def rig(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[dict[str, Any]]:
 
 
 def ioc_command(rig: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    pki = testpki.shared_pki()
     broker: Mosquitto = rig["broker"]
-    cmd = [sys.executable, "-m", "urbanedge", "ioc", "command", "--broker", f"{broker.host}:{broker.port}",
-           "--key", str(pki.ioc_command_key), "--cert", str(pki.ioc_command_key.with_name("command.chain.pem")),
-           "--gateway", GW, "--site", SITE, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return procs.ioc_command(broker.host, broker.port, GW, SITE, *args)
 
 
 def results(sub: Subscriber, state: str | None = None) -> list[dict[str, Any]]:

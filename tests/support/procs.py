@@ -241,3 +241,14 @@ def missing(seqs: set[int]) -> list[int]:
     if not seqs:
         return []
     return sorted(set(range(1, max(seqs) + 1)) - seqs)
+
+
+def ioc_command(host: str, port: int, gateway: str, site: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`urbanedge ioc command` signed with the test PKI's IOC command key, to ``gateway``."""
+    from tests.support import testpki
+
+    pki = testpki.shared_pki()
+    cmd = [sys.executable, "-m", "urbanedge", "ioc", "command", "--broker", f"{host}:{port}",
+           "--key", str(pki.ioc_command_key), "--cert", str(pki.ioc_command_key.with_name("command.chain.pem")),
+           "--gateway", gateway, "--site", site, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
