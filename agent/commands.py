@@ -218,6 +218,15 @@ def format_status(r: dict[str, Any]) -> str:
     age = r["health_age_s"]
     if age is not None:
         lines.append(f"agent report: {age} s old")
+    last = r["agent"].get("last_command")
+    if last:
+        when = time.strftime("%H:%M:%S", time.localtime(last["ts"])) if last.get("ts") else "?"
+        lines.append(f"last command: {last['cmd'] or '?'} {last['state']}"
+                     + (f" ({last['reason']})" if last.get("reason") else "") + f" at {when} id={last['id'] or '-'}")
+    light = r["agent"].get("lighting")
+    if light:
+        lines.append(f"lighting: {light['mode']}, schedule {' '.join(light['schedule'])}, "
+                     f"{light['changes']} changes, {light['failures']} failed writes")
     for bus_name, bus in r["agent"].get("buses", {}).items():
         lines.append(f"bus {bus_name} ({bus['type']}): utilisation {bus['utilisation']:.0%}"
                      + (" OVERLOADED" if bus.get("overloaded") else ""))

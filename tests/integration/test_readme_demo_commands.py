@@ -81,6 +81,12 @@ def test_the_readme_demo_commands_work(tmp_path: Path) -> None:
                    and cut <= float(r["ts"]) <= back]  # type: ignore[arg-type]
         assert changes == [(30, "schedule"), (70, "schedule")], changes
         assert " dim_level=70" in res.stdout and " dim_level=30" in res.stdout, log
+        # The technician's view on site names the last command and the local lighting control.
+        def status() -> str:
+            return subprocess.run([sys.executable, "-m", "urbanedge", "status", "-c", "demo/demo.toml"], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60).stdout
+        wait_for(lambda: "last command: schedule done" in status(), 30, "the last command in urbanedge status")
+        assert "lighting: auto, schedule " in status()
         # Nothing lost on the way: every record the gateway sealed reached the IOC once, in one run of seqs.
         seqs = sorted(int(r["seq"]) for r in demo_records(out_path) if r.get("source") == "demo-gw-1")  # type: ignore[call-overload]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "gaps or duplicates at the IOC"
