@@ -95,6 +95,10 @@ def add_parser(sub: Any) -> None:
 
     readings.add_parser(isub)
 
+    from ioc import events
+
+    events.add_parser(isub)
+
 
 def _when(text: str) -> float:
     from datetime import UTC, datetime

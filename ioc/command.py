@@ -27,7 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ioc.command_wait import command_in, wait_result
+from ioc.command_wait import CONFIG_OUTCOMES, STATES, command_in, wait_result
 from ioc.store_tail import StoreTail
 from pki.command import Command, new_command, sign_command
 
@@ -59,8 +59,9 @@ def add_parser(isub: Any) -> None:
     p.add_argument("--publish", type=Path, help="send the saved signed bytes of FILE as they are")
     p.add_argument("--store", help="the IOC reading store (sqlite:PATH or postgresql://...) to watch for "
                    "the gateway's result")
-    p.add_argument("--wait-for", choices=("accepted", "done", "failed", "rejected"), metavar="STATE",
-                   help="with --store: wait for the gateway's final result; exit 0 if it is STATE, else 1")
+    p.add_argument("--wait-for", choices=(*STATES, *CONFIG_OUTCOMES), metavar="STATE",
+                   help="with --store: wait for the gateway's final result; exit 0 if it is STATE, else 1 "
+                        "(config: applied / rolled-back wait for the end of the trial)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait-for (default 60)")
     p.add_argument("action", nargs="?", help="one of: " + ", ".join(ACTIONS))
     p.add_argument("params", nargs="*", help="what the action takes: " + usage())
@@ -286,7 +287,8 @@ def cmd_command(args: argparse.Namespace) -> int:
     if args.wait_for is None:
         return 0
     assert tail is not None
-    state = wait_result(tail, waited, timeout=args.timeout, say=lambda t: print(t, flush=True))
+    state = wait_result(tail, waited, config_outcome=args.wait_for in CONFIG_OUTCOMES, timeout=args.timeout,
+                        say=lambda t: print(t, flush=True))
     if state is None:
         print(f"error: no final result within {args.timeout:g} s (is the IOC receiver running and storing "
               f"to {args.store}?)", file=sys.stderr)

@@ -18,6 +18,9 @@ from pki.envelope import EnvelopeError, parse_sign1
 
 FINAL = ("done", "failed", "rejected")
 STATES = ("accepted", *FINAL)
+# A `config` command is "done" once the new file is on trial; the gateway reports how the trial
+# ended in a `config_status` event with the command's id (docs/remote-config.md).
+CONFIG_OUTCOMES = ("applied", "rolled-back", "abandoned")
 
 
 def command_in(data: bytes) -> Command:
@@ -39,14 +42,23 @@ def describe(rec: dict[str, Any]) -> str:
 
 
 def wait_result(tail: StoreTail, command_id: str, *, timeout: float, say: Callable[[str], None],
-                poll: float = 0.5) -> str | None:
-    """The final state of ``command_id`` as stored (printing each result seen), None at the timeout."""
+                poll: float = 0.5, config_outcome: bool = False) -> str | None:
+    """The final state of ``command_id`` as stored (printing each result seen), None at the timeout.
+
+    ``config_outcome``: for a ``config`` command, go on past ``done`` to the trial's outcome."""
     deadline = time.monotonic() + timeout
     while True:
         for rec in tail.new():
-            if rec.get("type") == "event" and rec.get("event") == "command_result" and rec.get("id") == command_id:
+            if rec.get("type") != "event" or rec.get("id") != command_id:
+                continue
+            if rec.get("event") == "command_result":
                 say(describe(rec))
-                if rec.get("state") in FINAL:
+                if rec.get("state") in FINAL and not (config_outcome and rec.get("state") == "done"):
+                    return str(rec["state"])
+            elif rec.get("event") == "config_status" and config_outcome:
+                say(f"{rec['source']}: config {rec.get('state')}" + (f" ({rec['reason']})" if rec.get("reason") else "")
+                    + (f" {rec['detail']}" if rec.get("detail") else ""))
+                if rec.get("state") in CONFIG_OUTCOMES:
                     return str(rec["state"])
         if time.monotonic() >= deadline:
             return None

@@ -87,6 +87,17 @@ def test_the_readme_demo_commands_work(tmp_path: Path) -> None:
                                   env=env, capture_output=True, text=True, timeout=60).stdout
         wait_for(lambda: "last command: schedule done" in status(), 30, "the last command in urbanedge status")
         assert "lighting: auto, schedule " in status()
+        # Remote configuration: a good one is kept, one that cuts the uplink is rolled back by the
+        # gateway, and the IOC sees both outcomes.
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", shell_block("demo-config-walkthrough")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+        log = res.stdout + res.stderr + err_path.read_text()
+        assert res.returncode == 0, log
+        assert "demo-gw-1: config applied" in res.stdout and "demo-gw-1: config rolled-back (uplink)" in res.stdout, log
+        statuses = [line.split() for line in res.stdout.splitlines() if " config_status " in line]
+        assert [next(f for f in row if f.startswith("state=")) for row in statuses] == \
+            ["state=applied", "state=rolled-back"], res.stdout
+        assert "interval = 5.0" in (tmp_path / "demo" / "demo.toml").read_text()  # the kept one is live
         # Nothing lost on the way: every record the gateway sealed reached the IOC once, in one run of seqs.
         seqs = sorted(int(r["seq"]) for r in demo_records(out_path) if r.get("source") == "demo-gw-1")  # type: ignore[call-overload]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "gaps or duplicates at the IOC"

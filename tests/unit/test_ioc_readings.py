@@ -3,6 +3,7 @@ operator tools wait on (a real SQLite reading store)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -72,3 +73,44 @@ def test_waiting_needs_a_store_and_bad_expectations_exit_2(tmp_path: Path) -> No
     args.write_text("--gateway\ngw\n--site\ns\n--wait-for\ndone\n")
     res = subprocess.run([*run, "command", f"@{args}", "on"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--wait-for needs --store" in res.stderr  # options from the @file
+
+
+def ev(seq: int, name: str, **body: object) -> dict[str, object]:
+    return {"type": "event", "seq": seq, "ts": 1_700_000_000.0 + seq, "device_id": "gw-1", "event": name, **body}
+
+
+def test_a_config_command_is_followed_to_the_end_of_its_trial(tmp_path: Path) -> None:
+    from ioc.command_wait import wait_result
+
+    url = f"sqlite:{tmp_path / 'ioc.db'}"
+    with open_store(url) as store:
+        store.accept("gw-1", [ev(0, "command_result", id="c1", cmd="config", state="accepted"),
+                              ev(1, "command_result", id="c1", cmd="config", state="done"),
+                              ev(2, "config_status", id="other", state="applied"),
+                              ev(3, "config_status", id="c1", state="rolled-back", reason="uplink")],
+                     received_at=0)
+    seen: list[str] = []
+    assert wait_result(StoreTail(url), "c1", timeout=0, say=seen.append) == "done"
+    assert wait_result(StoreTail(url), "c1", timeout=0, say=seen.append, config_outcome=True) == "rolled-back"
+    assert seen[-1] == "gw-1: config rolled-back (uplink)"
+    assert wait_result(StoreTail(url), "nope", timeout=0, say=seen.append) is None
+
+
+def test_ioc_events_lists_and_filters(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:{tmp_path / 'ioc.db'}"
+    with open_store(url) as store:
+        store.accept("gw-1", [ev(0, "security", reason="replayed"), telemetry(1, 40),
+                              ev(2, "config_status", id="c1", state="applied")], received_at=0)
+    run = [sys.executable, "-m", "urbanedge", "ioc", "events", "--store", url]
+    res = subprocess.run([*run, "--event", "config_status"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == 1 and "state=applied" in res.stdout
+    res = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=60)
+    assert [json.loads(line)["event"] for line in res.stdout.splitlines()] == ["security", "config_status"]
+    res = subprocess.run([*run, "--wait-for", "state"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "FIELD=VALUE" in res.stderr
+    res = subprocess.run([*run, "--wait-for", "state=applied", "--timeout", "0"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 1  # only new events count when waiting
