@@ -318,7 +318,15 @@ class Forwarder:
         # The message iterator is aiomqtt's only public signal of a lost connection:
         # it raises MqttError, which ends the session's TaskGroup (and the window).
         on_command = self._settings.on_command
+        wanted = {self._settings.topics.command, *self._settings.command_topics}
         async for msg in client.messages:
+            topic = str(msg.topic)
+            if topic not in wanted:
+                # Only what we subscribed to is a command. A broker that hands back anything else
+                # (amqtt re-sends a resumed session's own in-flight publishes) is not obeyed.
+                log.warning("event=uplink_unexpected_message topic=%r bytes=%d", topic[:200],
+                            len(msg.payload) if isinstance(msg.payload, bytes | bytearray) else 0)
+                continue
             if on_command is not None and isinstance(msg.payload, bytes | bytearray):
                 on_command(bytes(msg.payload))
 

@@ -82,11 +82,18 @@ def test_the_readme_demo_commands_work(tmp_path: Path) -> None:
         assert changes == [(30, "schedule"), (70, "schedule")], changes
         assert " dim_level=70" in res.stdout and " dim_level=30" in res.stdout, log
         # The technician's view on site names the last command and the local lighting control.
+        seen = [""]
+
         def status() -> str:
-            return subprocess.run([sys.executable, "-m", "urbanedge", "status", "-c", "demo/demo.toml"], cwd=tmp_path,
-                                  env=env, capture_output=True, text=True, timeout=60).stdout
-        wait_for(lambda: "last command: schedule done" in status(), 30, "the last command in urbanedge status")
-        assert "lighting: auto, schedule " in status()
+            r = subprocess.run([sys.executable, "-m", "urbanedge", "status", "-c", "demo/demo.toml"], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, timeout=60)
+            seen[0] = r.stdout + r.stderr
+            return seen[0]
+        try:
+            wait_for(lambda: "last command: schedule done" in status(), 30, "the last command in urbanedge status")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; urbanedge status said:\n{seen[0]}") from None
+        assert "lighting: auto, schedule " in seen[0]
         # Remote configuration: a good one is kept, one that cuts the uplink is rolled back by the
         # gateway, and the IOC sees both outcomes.
         res = subprocess.run(["bash", "-euo", "pipefail", "-c", shell_block("demo-config-walkthrough")],
