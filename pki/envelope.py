@@ -222,7 +222,10 @@ def decrypt(data: bytes, key: ec.EllipticCurvePrivateKey, kid: bytes, *,
             if isinstance(r, list) and len(r) == 3 and isinstance(r[1], dict) and r[1].get(H_KID) == kid]
     if not ours:
         raise NotForUs("no recipient with our key id")
-    rcpt_protected_raw, rcpt_unprotected, _ = ours[0]
+    rcpt_protected_raw, rcpt_unprotected, rcpt_ciphertext = ours[0]
+    if rcpt_ciphertext != b"":
+        # Direct key agreement carries no wrapped key (RFC 9053 §6.3): anything else is not ours.
+        raise Malformed("COSE_recipient: the ciphertext of direct ECDH-ES must be an empty byte string")
     rcpt_protected = _header_map(rcpt_protected_raw, "COSE_recipient")
     if rcpt_protected.get(H_ALG) != ALG_ECDH_ES_HKDF_256:
         raise Malformed(f"recipient algorithm {rcpt_protected.get(H_ALG)!r} is not ECDH-ES+HKDF-256 (-25)")

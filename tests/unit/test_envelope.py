@@ -121,6 +121,15 @@ def test_ephemeral_key_off_the_curve_is_malformed() -> None:
         E.decrypt(cbor2.dumps(obj), IOC, IOC_KID)
 
 
+@pytest.mark.parametrize("rcpt_ciphertext", ["", 0, None, b"\x00"])
+def test_a_recipient_ciphertext_other_than_empty_bytes_is_malformed(rcpt_ciphertext: object) -> None:
+    # Direct ECDH-ES wraps no key: the field is fixed, so a changed one is a changed message.
+    obj = cbor2.loads(GOOD)
+    obj.value[3][0][2] = rcpt_ciphertext
+    with pytest.raises(E.Malformed, match="empty byte string"):
+        E.decrypt(cbor2.dumps(obj), IOC, IOC_KID)
+
+
 def test_wrong_algorithms_are_malformed() -> None:
     obj = cbor2.loads(GOOD)
     obj.value[0] = cbor2.dumps({1: 3})  # A256GCM: not what we speak
