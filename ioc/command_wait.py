@@ -8,7 +8,6 @@ the exit code says whether it is the state the operator expected.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,20 +45,16 @@ def wait_result(tail: StoreTail, command_id: str, *, timeout: float, say: Callab
     """The final state of ``command_id`` as stored (printing each result seen), None at the timeout.
 
     ``config_outcome``: for a ``config`` command, go on past ``done`` to the trial's outcome."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for rec in tail.new():
-            if rec.get("type") != "event" or rec.get("id") != command_id:
-                continue
-            if rec.get("event") == "command_result":
-                say(describe(rec))
-                if rec.get("state") in FINAL and not (config_outcome and rec.get("state") == "done"):
-                    return str(rec["state"])
-            elif rec.get("event") == "config_status" and config_outcome:
-                say(f"{rec['source']}: config {rec.get('state')}" + (f" ({rec['reason']})" if rec.get("reason") else "")
-                    + (f" {rec['detail']}" if rec.get("detail") else ""))
-                if rec.get("state") in CONFIG_OUTCOMES:
-                    return str(rec["state"])
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(poll)
+    for rec in tail.follow(timeout, poll=poll):
+        if rec.get("type") != "event" or rec.get("id") != command_id:
+            continue
+        if rec.get("event") == "command_result":
+            say(describe(rec))
+            if rec.get("state") in FINAL and not (config_outcome and rec.get("state") == "done"):
+                return str(rec["state"])
+        elif rec.get("event") == "config_status" and config_outcome:
+            say(f"{rec['source']}: config {rec.get('state')}" + (f" ({rec['reason']})" if rec.get("reason") else "")
+                + (f" {rec['detail']}" if rec.get("detail") else ""))
+            if rec.get("state") in CONFIG_OUTCOMES:
+                return str(rec["state"])
+    return None

@@ -80,21 +80,18 @@ def cmd_events(args: argparse.Namespace) -> int:
                 _show(args, rec)
             if not args.follow:
                 return 0
-        deadline = time.monotonic() + args.timeout
-        while True:
-            for rec in tail.new():
-                if not wanted(args, rec):
-                    continue
-                if expect is None:
-                    _show(args, rec)
-                elif field_matches(rec, expect):
-                    _show(args, rec)
-                    return 0
-            if expect is not None and time.monotonic() >= deadline:
-                print(f"error: no {'/'.join(args.event) or 'event'} with {args.wait_for} within {args.timeout:g} s",
-                      file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        # --follow alone runs until Ctrl-C; --wait-for until a match or the timeout.
+        for rec in tail.follow(args.timeout if expect is not None else float("inf")):
+            if not wanted(args, rec):
+                continue
+            if expect is None:
+                _show(args, rec)
+            elif field_matches(rec, expect):
+                _show(args, rec)
+                return 0
+        print(f"error: no {'/'.join(args.event) or 'event'} with {args.wait_for} within {args.timeout:g} s",
+              file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -104,17 +104,12 @@ def cmd_readings(args: argparse.Namespace) -> int:
                 print(f"no readings stored for {', '.join(missing)}", file=sys.stderr)
                 return 1
             return 0
-        tail = StoreTail(args.store, from_now=True)
-        deadline = time.monotonic() + args.timeout
-        while True:
-            for rec in tail.new():
-                if _wanted(args, rec) and matches(rec.get("values", {}), *expect):
-                    _show(args, rec)
-                    return 0
-            if time.monotonic() >= deadline:
-                print(f"error: no reading with {args.wait_for} within {args.timeout:g} s", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        for rec in StoreTail(args.store, from_now=True).follow(args.timeout):
+            if _wanted(args, rec) and matches(rec.get("values", {}), *expect):
+                _show(args, rec)
+                return 0
+        print(f"error: no reading with {args.wait_for} within {args.timeout:g} s", file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ watch the store of a running receiver (SQLite in WAL mode, or PostgreSQL) withou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,3 +49,13 @@ class StoreTail:
                         yield {"source": source, **rec}
                     after = int(page[-1]["seq"])
                     self._after[source] = after
+
+    def follow(self, timeout: float, *, poll: float = 0.5) -> Iterator[dict[str, Any]]:
+        """New records as they are stored, for ``timeout`` seconds (then the iterator ends);
+        the store is looked at once more after the deadline, so a zero timeout still looks once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            yield from self.new()
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(poll)

@@ -3,13 +3,12 @@ field named (``urbanedge config check`` exits 2)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from agent.config import load_config
+from tests.support.config_errors import assert_config_error
 
 BASE = """
 [identity]
@@ -75,12 +74,7 @@ def test_bad_lighting_section_names_field_and_problem(tmp_path: Path, section: s
                                                       problem: str) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(BASE + "[lighting]\nenabled = true\n" + section + "\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.field == field and problem in info.value.problem, str(info.value)
-    res = subprocess.run([sys.executable, "-m", "urbanedge", "config", "check", str(path)],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and field in res.stderr
+    assert_config_error(path, field, problem)
 
 
 def test_state_file_round_trip_atomic_and_a_corrupt_file_is_ignored(tmp_path: Path) -> None:
