@@ -260,6 +260,12 @@ def test_full_outbox_evicts_oldest_telemetry_keeps_alarms_and_reports(
         tmp_path: Path, mosquitto: Mosquitto, sims: dict[str, object]) -> None:
     flood = sims["flood"]
     assert isinstance(flood, SimProc)
+    # A persistent subscriber session made before the outage: the agent may reconnect (and send
+    # the eviction event) before the test's subscriber is back, as in the outage test above.
+    mosquitto.stop()
+    mosquitto.persistence = True
+    mosquitto.start()
+    Subscriber(mosquitto.host, mosquitto.port).start(session="evict-sub").stop()
     mosquitto.stop()  # no uplink: the outbox can only fill
     cfg = agent_config(tmp_path / "agent.toml", broker_port=mosquitto.port,
                        buses=buses(sims, interval=0.1), max_bytes="256KB", durability="normal")
@@ -279,7 +285,7 @@ def test_full_outbox_evicts_oldest_telemetry_keeps_alarms_and_reports(
 
         wait_for(reported, 60, "status showing evictions, the queued alarm, the devices", step=0.5)
         mosquitto.start()
-        sub = Subscriber(mosquitto.host, mosquitto.port).start()
+        sub = Subscriber(mosquitto.host, mosquitto.port).start(session="evict-sub")
         wait_for(lambda: any(r["type"] == "event" and r["event"] == "outbox_eviction"
                              for r in sub.of_type("event")), 30, "eviction event delivered")
         wait_for(lambda: any(r["alarm"] == "flood_danger" for r in sub.of_type("alarm")), 30,
