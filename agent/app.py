@@ -229,7 +229,8 @@ class Agent:
             handlers["config"] = self.remote_config.handler()
             seal = self.settings.sealer.sealer
             self.command_runner = build_runner(self.loaded, self.coordinators, self.outbox.append, handlers,
-                                               unsealer=Unsealer.for_key(seal.signing_key, seal.cert_der))
+                                               unsealer=Unsealer.for_key(seal.signing_key, seal.cert_der),
+                                               until_sent=self.forwarder.until_acked)
             if self.lighting is not None:
                 self.command_runner.write_observers.append(self.lighting.on_command_write)
         await self.outbox.append([event(source, time.time(), "agent_started", version=urbanedge.__version__,

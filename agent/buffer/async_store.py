@@ -116,6 +116,9 @@ class AsyncOutbox:
     async def delete(self, seqs: Sequence[int]) -> int:
         return await self._call(self._outbox.delete, list(seqs))
 
+    async def pending(self, seqs: Sequence[int]) -> int:
+        return await self._call(self._outbox.pending, list(seqs))
+
     async def stats(self) -> OutboxStats:
         return await self._call(self._outbox.stats)
 

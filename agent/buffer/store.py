@@ -477,6 +477,18 @@ class Outbox:
                 deleted += len(rows)
         return deleted
 
+    def pending(self, seqs: Sequence[int]) -> int:
+        """How many of these rows are still here, i.e. not yet acknowledged (nor evicted)."""
+        self._check_open(write=False)
+        ids = [int(s) for s in seqs]
+        if not ids:
+            return 0
+        with _errors(self.path):
+            (n,) = self._conn.execute(
+                "SELECT count(*) FROM outbox WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(ids),)
+            ).fetchone()
+        return int(n)
+
     # -- status ----------------------------------------------------------------
 
     def stats(self) -> OutboxStats:

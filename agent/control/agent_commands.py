@@ -15,9 +15,11 @@ Each is a :class:`~agent.control.executor.Handler`: ``check`` refuses before ``a
   start; the pure part is :mod:`agent.control.thresholds`.
 * ``rebirth`` re-announces the gateway: the MQTT birth (with the certificate and status, as
   on a connect) and a sealed ``agent_rebirth`` event with the device inventory.
-* ``restart`` ends the agent with exit code 75 once ``done`` is in the outbox; the launcher
-  or systemd (``Restart=always``) starts it again. ``reboot`` runs ``[commands]
-  reboot_command``, also after ``done`` is durable (a machine going down reports nothing).
+* ``restart`` ends the agent with exit code 75 once ``done`` is in the outbox and, with the
+  uplink up, acknowledged by the broker (at most 5 s: the IOC hears it now, not after the
+  restart); the launcher or systemd (``Restart=always``) starts it again. ``reboot`` runs
+  ``[commands] reboot_command``, also after ``done`` is durable and sent (a machine going
+  down reports nothing).
 """
 
 from __future__ import annotations

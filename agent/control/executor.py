@@ -26,6 +26,7 @@ from typing import Any
 
 from cryptography import x509
 
+from agent.buffer.outbox_types import AppendResult
 from agent.buffer.records import NewRecord
 from agent.config import LoadedConfig
 from agent.control.crl_watch import CrlWatch
@@ -88,8 +89,9 @@ class Handler:
 
     run: Callable[[Command], Awaitable[Mapping[str, object] | None]] = _nothing
     check: Callable[[Command], None] = _no_check
-    # Runs once the ``done`` result is in the outbox (durable): for what ends the agent or
-    # the machine (restart, reboot), which could not report afterwards.
+    # Runs once the ``done`` result is in the outbox (durable) and, while the uplink is up,
+    # acknowledged by the broker (CommandRunner.until_sent, bounded): for what ends the agent
+    # or the machine (restart, reboot, a config switch), which could not report meanwhile.
     after: Callable[[Command], Awaitable[None]] | None = None
     # Args carry secrets: they must arrive encrypted to this gateway (pki/sealed_args), else
     # the command is rejected ``not_encrypted``.
@@ -186,7 +188,7 @@ async def apply(write: Write, dev: FieldDevice, *, limit: float) -> str | None:
     return None
 
 
-Append = Callable[[list[NewRecord]], Awaitable[object]]
+Append = Callable[[list[NewRecord]], Awaitable[AppendResult]]
 
 
 class CommandRunner:
@@ -195,8 +197,10 @@ class CommandRunner:
     def __init__(self, policy: Policy, replay: ReplayStore, devices: Mapping[str, FieldDevice], append: Append,
                  *, write_timeout: float = 10.0, handlers: Mapping[str, Handler] | None = None,
                  clock: Callable[[], float] = time.time, crl_watch: CrlWatch | None = None,
-                 unsealer: Unsealer | None = None) -> None:
+                 unsealer: Unsealer | None = None,
+                 until_sent: Callable[[Sequence[int]], Awaitable[bool]] | None = None) -> None:
         self.policy, self.replay, self.devices, self.append = policy, replay, devices, append
+        self.until_sent = until_sent  # the uplink's Forwarder.until_acked
         self.unsealer = unsealer  # opens encrypted args; None: the seal key cannot (Ed25519)
         self.crl_watch = crl_watch  # [commands] crl: revocation of the IOC command certificate
         self.write_timeout = write_timeout
@@ -228,12 +232,13 @@ class CommandRunner:
             self.replay.close()
 
     async def _report(self, cmd_id: str, cmd: str, state: State, reason: str | None = None,
-                      extra: Sequence[NewRecord] = (), **details: object) -> None:
+                      extra: Sequence[NewRecord] = (), **details: object) -> list[int]:
         now = self.clock()
         self.results[state] += 1
         self.last = {"id": cmd_id, "cmd": cmd, "state": state, "reason": reason, "ts": now}
-        await self.append([command_result(self.policy.gateway_id, now, command_id=cmd_id, cmd=cmd, state=state,
-                                          reason=reason, **details), *extra])
+        res = await self.append([command_result(self.policy.gateway_id, now, command_id=cmd_id, cmd=cmd, state=state,
+                                                reason=reason, **details), *extra])
+        return list(res.seqs)
 
     async def _run_handler(self, handler: Handler, cmd: Command) -> State:
         try:
@@ -246,8 +251,11 @@ class CommandRunner:
             return "failed"
         log.info("event=command_done id=%s cmd=%s", cmd.id_hex, cmd.cmd)
         done: dict[str, Any] = dict(details or {})
-        await self._report(cmd.id_hex, cmd.cmd, "done", None, (), **done)
+        seqs = await self._report(cmd.id_hex, cmd.cmd, "done", None, (), **done)
         if handler.after is not None:
+            if self.until_sent is not None:
+                sent = await self.until_sent(seqs)
+                log.info("event=command_result_sent id=%s cmd=%s acked=%s", cmd.id_hex, cmd.cmd, sent)
             await handler.after(cmd)
         return "done"
 
@@ -340,7 +348,8 @@ def field_devices(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator]) 
 
 
 def build_runner(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator], append: Append,
-                 handlers: Mapping[str, Handler] | None = None, unsealer: Unsealer | None = None) -> CommandRunner:
+                 handlers: Mapping[str, Handler] | None = None, unsealer: Unsealer | None = None,
+                 until_sent: Callable[[Sequence[int]], Awaitable[bool]] | None = None) -> CommandRunner:
     """The runner the agent starts when ``[commands] enabled``; raises OSError/ValueError on
     an unreadable root (the config check already made sure the file exists). ``unsealer``
     (the seal key) opens encrypted args."""
@@ -358,7 +367,8 @@ def build_runner(loaded: LoadedConfig, coordinators: Sequence[BusCoordinator], a
         cas = [root, *(ca for ca in load_certs(loaded.config.seal.cert) if _is_ca(ca))]
         crl_watch = CrlWatch(c.crl, cas, grace=c.crl_grace)
     return CommandRunner(policy, ReplayStore(c.state), field_devices(loaded, coordinators), append,
-                         write_timeout=4 * timeout + 1, handlers=handlers, crl_watch=crl_watch, unsealer=unsealer)
+                         write_timeout=4 * timeout + 1, handlers=handlers, crl_watch=crl_watch, unsealer=unsealer,
+                         until_sent=until_sent)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

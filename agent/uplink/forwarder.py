@@ -35,6 +35,8 @@ PRIORITIES: tuple[Priority, ...] = tuple(sorted(Priority))  # ALARM first
 IDLE_RECHECK = 2.0  # s; outbox.changed is the wake-up, this only bounds a missed one
 HEALTH_EVERY = 5.0  # s between health rows when nothing changes
 SHUTDOWN_GRACE = 1.0  # s to publish the offline status on a clean stop
+ACK_GRACE = 5.0  # s a restart or reboot waits for its own result to be acknowledged
+ACK_POLL = 0.05  # s between looks at the outbox meanwhile
 NAGLE_MAX_WAIT = 0.05  # s a small batch waits for an in-flight PUBACK before looking again
 _ENVELOPE_OVERHEAD = 512  # bytes of COSE envelope and batch header, generously
 _PER_RECORD_OVERHEAD = 28  # '"seq":<19 digits>,' plus the separating comma
@@ -49,6 +51,7 @@ class UplinkOutbox(Protocol):
         self, prio: Priority, after_seq: int, limit: int, max_body_bytes: int | None = None, /
     ) -> list[StoredRecord]: ...
     async def delete(self, seqs: Sequence[int], /) -> int: ...
+    async def pending(self, seqs: Sequence[int], /) -> int: ...
     async def put_health(self, key: str, value: str, /) -> None: ...
 
 
@@ -175,6 +178,21 @@ class Forwarder:
     def stats(self) -> UplinkStats:
         """A snapshot of the counters."""
         return replace(self._stats)
+
+    async def until_acked(self, seqs: Sequence[int], grace: float = ACK_GRACE) -> bool:
+        """Wait until the broker acknowledged these outbox rows (they are gone from the outbox
+        then), for at most ``grace`` s; False at once while offline. Before a restart or a
+        reboot: the IOC then hears ``done`` now rather than after the machine is back (the rows
+        stay in the outbox either way, so nothing depends on this succeeding)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._state == "online":
+            if await self._outbox.pending(seqs) == 0:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(ACK_POLL)
+        return False
 
     async def run(self) -> None:
         """Connect, forward, reconnect with jittered exponential backoff; until cancelled."""

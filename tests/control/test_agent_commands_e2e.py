@@ -186,6 +186,8 @@ def test_rebirth_restart_and_reboot(tmp_path: Path, mosquitto: Mosquitto, sims: 
         assert rs["cmd"] == "restart" and rs["action"] == "restarting"
         wait_for(lambda: len(started(sub)) == 2, 60, "the agent back after the restart")
         assert "event=agent_exited code=75" in gw.text()
+        # The broker had acknowledged `done` before the agent stopped: the IOC heard it then.
+        assert f"event=command_result_sent id={rs['id']} cmd=restart acked=True" in gw.text()
         back = started(sub)[1]["ts"]
         wait_for(lambda: any(t["values"].get("water_level", 0) > 165 for t in telemetry(sub, "flood-1", back)), 30,
                  "a 170 cm reading after the restart")
@@ -206,3 +208,4 @@ def test_rebirth_restart_and_reboot(tmp_path: Path, mosquitto: Mosquitto, sims: 
     finally:
         gw.stop()
         sub.stop()
+        print(gw.text()[-20000:])  # pytest shows it only when the test failed

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.buffer.outbox_types import AppendResult
 from agent.buffer.records import NewRecord
 from agent.control.executor import CommandFailed, CommandRunner, FieldDevice, Handler
 from agent.control.replay import ReplayStore
@@ -22,8 +23,10 @@ class Records:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
-    async def append(self, records: list[NewRecord]) -> None:
+    async def append(self, records: list[NewRecord]) -> AppendResult:
+        first = len(self.items) + 1
         self.items += [json.loads(r.body) for r in records]
+        return AppendResult(seqs=list(range(first, len(self.items) + 1)), evicted=0, dropped=0)
 
     def results(self) -> list[tuple[str, str | None]]:
         return [(r["state"], r["reason"]) for r in self.items if r["event"] == "command_result"]

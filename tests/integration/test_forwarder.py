@@ -381,6 +381,37 @@ def test_rows_are_deleted_only_after_puback(
     asyncio.run(scenario())
 
 
+def test_until_acked_waits_for_the_puback_and_not_while_offline(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """What a restart or reboot waits for: its result acknowledged, bounded; no wait offline."""
+
+    async def scenario() -> None:
+        async with opened(tmp_path) as outbox, relay_to(mosquitto) as relay:
+            fwd = Forwarder(outbox, settings(relay.port))
+            with receiver(mosquitto.port) as rx:
+                async with running(fwd) as task:
+                    await online(fwd, task)
+                    relay.hold()
+                    seqs = list(await append(outbox, [mixed(1)]))
+                    await wait_until(lambda: set(seqs) <= set(rx.seqs()), "the record sent")
+                    assert await fwd.until_acked(seqs, grace=0.3) is False  # no PUBACK yet
+                    assert await outbox.pending(seqs) == 1
+                    relay.release()
+                    assert await fwd.until_acked(seqs, grace=30) is True
+                    assert await outbox.pending(seqs) == 0
+
+                    await relay.close_gate()
+                    relay.sever()
+                    await wait_until(lambda: fwd.state != "online", "forwarder offline")
+                    more = list(await append(outbox, [mixed(2)]))
+                    assert await fwd.until_acked(more, grace=30) is False
+                    assert await outbox.pending(more) == 1
+                    await relay.open_gate()
+                    await online(fwd, task)
+                    assert await fwd.until_acked(more, grace=30) is True
+
+    asyncio.run(scenario())
+
+
 def test_a_corrupt_row_is_dropped_not_left_to_block_the_queue(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:

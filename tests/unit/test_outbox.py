@@ -91,6 +91,7 @@ def test_delete_counts_only_rows_that_exist(db: Path) -> None:
     assert ob.delete(seqs[:2]) == 2
     assert ob.delete(seqs[:3]) == 1
     assert ob.delete([]) == 0
+    assert (ob.pending(seqs), ob.pending(seqs[:3]), ob.pending([])) == (3, 0, 0)
     assert all_seqs(ob, Priority.TELEMETRY) == seqs[3:5]
     st_ = ob.stats()
     assert st_.depth == {Priority.ALARM: 1, Priority.EVENT: 0, Priority.TELEMETRY: 2}
