@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urbanedge
 from agent.buffer.async_store import AsyncOutbox
@@ -23,22 +23,25 @@ from agent.control.agent_commands import AgentCommands, build_agent_commands, lo
 from agent.control.executor import CommandRunner, Handler, build_runner
 from agent.control.lighting_task import LightingTask, build_lighting
 from agent.ops import metrics as ops_metrics
-from agent.ops.metrics_server import MetricsServer
 from agent.ops.sdnotify import Heartbeat, Notifier, Watchdog, watchdog_interval
 from agent.poll.coordinator import BusCoordinator
 from agent.reconfig.remote import RemoteConfig
+from agent.restart import RestartRequested
 from agent.seal.credentials import load_credentials
 from agent.seal.encode import BatchSealer
 from agent.security.events import update_event
 from agent.security.monitor import SecurityMonitor
 from agent.update.health import HealthSample
-from agent.update.updater import RestartRequested, Updater, UpdateSettings
 from agent.uplink.forwarder import Forwarder, UplinkSettings
 from agent.uplink.tls import context_from_settings
 from agent.uplink.topics import Topics, group_command_topic
 from drivers.profiles import Profile
 from pki.command import Command, looks_signed
 from pki.sealed_args import Unsealer
+
+if TYPE_CHECKING:
+    from agent.ops.metrics_server import MetricsServer
+    from agent.update.updater import Updater
 
 log = logging.getLogger("urbanedge.agent")
 
@@ -114,6 +117,9 @@ class Agent:
             # Without the launcher nobody would boot the new slot or fall back from it.
             log.warning("event=update_disabled reason=%r", "not started by `urbanedge launch`")
             return None
+        # Imported only when updates are on: the TUF client and the slot store are not small.
+        from agent.update.updater import Updater, UpdateSettings
+
         settings = UpdateSettings(
             repository=up.repository, root=up.root, state_dir=up.state_dir, slots=up.slots,
             hardware=up.hardware, check_interval=up.check_interval, health_deadline=up.health_deadline,
@@ -319,6 +325,9 @@ class Agent:
 
     def _start_ops(self, tg: asyncio.TaskGroup) -> None:
         if self.cfg.metrics.listen is not None:
+            # Imported only when enabled: http.server and its email parsing are ~0.8 MiB resident.
+            from agent.ops.metrics_server import MetricsServer
+
             host, port = ops_metrics.parse_listen(self.cfg.metrics.listen)
             self.metrics_server = MetricsServer(host, port, self.render_metrics)
             tg.create_task(self._serve_metrics(self.metrics_server), name="metrics")

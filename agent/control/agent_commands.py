@@ -40,7 +40,7 @@ from agent.control import thresholds
 from agent.control.executor import CommandFailed, Handler
 from agent.poll.coordinator import BusCoordinator
 from agent.poll.device import DevicePoller, Reading
-from agent.update.updater import RestartRequested
+from agent.restart import RestartRequested
 from drivers.errors import DeviceError
 from pki.command import Command, CommandError
 from urbanedge.atomic import write_atomically

@@ -32,8 +32,8 @@ from agent.reconfig.trial import (
     parse_args,
     rolled_back,
 )
+from agent.restart import RestartRequested
 from agent.update.health import HealthSample, evaluate
-from agent.update.updater import RestartRequested
 from pki.command import Command, CommandError
 
 log = logging.getLogger("urbanedge.reconfig")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.restart import RestartRequested
 from agent.update.bootstate import BootState, abandon, begin_trial, commit, inactive, status, without_pending
 from agent.update.health import HealthSample, evaluate
 from agent.update.slotstore import InstallError, SlotStore
@@ -35,10 +36,6 @@ log = logging.getLogger("urbanedge.update")
 MIN_CHECK_GAP = 30.0
 FIRST_CHECK_DELAY = 5.0
 HEALTH_POLL = 1.0
-
-
-class RestartRequested(Exception):
-    """A release is installed and on trial: stop cleanly and exit for the launcher."""
 
 
 @dataclass(frozen=True, slots=True)

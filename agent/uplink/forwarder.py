@@ -17,12 +17,12 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from typing import Any, Protocol
 
 import aiomqtt
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
+import urbanedge
 from agent.buffer.records import Priority, StoredRecord
 from agent.buffer.store import OutboxError
 from agent.seal.encode import BatchSealer, PayloadError
@@ -111,13 +111,6 @@ class UplinkStats:
     last_error: str | None = None
 
 
-def _agent_version() -> str:
-    try:
-        return metadata.version("urbanedge")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -166,7 +159,7 @@ class Forwarder:
             max=settings.reconnect_max,
         )
         self._retrying = AsyncRetrying(wait=self._wait)
-        self._version = _agent_version()
+        self._version = urbanedge.__version__  # the running release (a slot's RELEASE.json)
         self._live: aiomqtt.Client | None = None  # the online connection, for rebirth()
 
     @property
