@@ -3,14 +3,19 @@
 The index lists every certificate the CA signed (serial, subject, profile, not_after,
 revoked_at, reason) and the last CRL number, so ``revoke`` and ``crl`` work later without
 the certificates themselves. It is rewritten atomically (temp file + rename): a crash leaves
-the old index or the new one, never half of each.
+the old index or the new one, never half of each. Every change is a read-modify-write under
+an exclusive lock on ``index.lock`` (the EST service and ``pki revoke``/``crl`` may run at once:
+without it one's write could drop the other's change, e.g. undo a revocation).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +41,7 @@ from pki.show import serial_hex
 log = logging.getLogger(__name__)
 
 CERT_FILE, KEY_FILE, INDEX_FILE, CRL_FILE = "ca.pem", "ca.key", "index.json", "crl.pem"
+LOCK_FILE = "index.lock"
 INDEX_VERSION = 1
 REASONS: dict[str, x509.ReasonFlags] = {
     flag.value: flag for flag in (
@@ -186,37 +192,58 @@ class CaDir:
         return cert
 
     def _record(self, cert: x509.Certificate, profile: str) -> None:
-        self.index.certs.append(IndexEntry(serial_hex(cert.serial_number), name_text(cert.subject), profile,
-                                           _iso(cert.not_valid_after_utc)))
-        self._save_index()
+        with self._changing() as index:
+            index.certs.append(IndexEntry(serial_hex(cert.serial_number), name_text(cert.subject), profile,
+                                          _iso(cert.not_valid_after_utc)))
 
     def revoke(self, serial: int, reason: str, *, now: datetime) -> IndexEntry:
         """Mark ``serial`` revoked (a new CRL is needed to publish it). Revoking twice is a no-op."""
         if reason not in REASONS:
             raise ProfileError(f"unknown reason {reason!r}; one of {', '.join(REASONS)}")
-        entry = self.index.find(serial)
-        if entry is None:
-            raise CaStateError(self.path / INDEX_FILE, f"no certificate with serial {serial_hex(serial)} "
-                                                       "was issued by this CA")
-        if entry.revoked_at is None:
+        with self._changing() as index:
+            entry = index.find(serial)
+            if entry is None:
+                raise CaStateError(self.path / INDEX_FILE, f"no certificate with serial {serial_hex(serial)} "
+                                                           "was issued by this CA")
+            if entry.revoked_at is not None:
+                return entry
             entry.revoked_at, entry.reason = _iso(now), reason
-            self._save_index()
-            log.info("event=pki_revoked ca=%s serial=%s reason=%s", self.path, entry.serial, reason)
+        log.info("event=pki_revoked ca=%s serial=%s reason=%s", self.path, entry.serial, reason)
         return entry
 
     def make_crl(self, *, now: datetime, days: int) -> x509.CertificateRevocationList:
         """Sign a CRL of every revoked certificate, write it to ``crl.pem``, bump the CRL number."""
-        revoked = [certs.Revocation(int(e.serial, 16), datetime.fromisoformat(e.revoked_at),
-                                    REASONS.get(e.reason or "", x509.ReasonFlags.unspecified))
-                   for e in self.index.certs if e.revoked_at is not None]
-        number = self.index.crl_number + 1
-        crl = certs.make_crl(self.cert, self.key, revoked, number=number, now=now, days=days)
-        self.index.crl_number = number
-        self._save_index()
-        write_public_file(self.path / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
+        # The CRL file is written under the lock too: two runs at once publish in number order.
+        with self._changing() as index:
+            revoked = [certs.Revocation(int(e.serial, 16), datetime.fromisoformat(e.revoked_at),
+                                        REASONS.get(e.reason or "", x509.ReasonFlags.unspecified))
+                       for e in index.certs if e.revoked_at is not None]
+            number = index.crl_number + 1
+            crl = certs.make_crl(self.cert, self.key, revoked, number=number, now=now, days=days)
+            index.crl_number = number
+            # The number is saved before the CRL goes out: a crash between the two skips a
+            # number, never publishes two different CRLs under one.
+            self._save_index()
+            write_public_file(self.path / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM))
         log.info("event=pki_crl ca=%s number=%d revoked=%d next_update=%s", self.path, number, len(revoked),
                  _iso(now) if crl.next_update_utc is None else _iso(crl.next_update_utc))
         return crl
+
+    @contextmanager
+    def _changing(self) -> Iterator[Index]:
+        """The index as on disk now, locked against other writers; saved if the block ends
+        without an exception."""
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CaStateError(self.path / LOCK_FILE, f"cannot open the index lock: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.index = _read_index(self.path / INDEX_FILE)
+            yield self.index
+            self._save_index()
+        finally:
+            os.close(fd)  # releases the lock
 
     def _save_index(self) -> None:
         data = {"version": INDEX_VERSION, "crl_number": self.index.crl_number, "crl_url": self.index.crl_url,

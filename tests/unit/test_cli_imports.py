@@ -16,8 +16,8 @@ NOT_FOR_RUN = ("ioc", "ota", "provisioning", "tuf", "securesystemslib", "agent.w
 
 
 def loaded_after(argv: list[str]) -> set[str]:
-    code = ("import json, sys\nfrom urbanedge import cli\ncli.build_parser(%r)\nimport agent.app\n"
-            "print(json.dumps(sorted(sys.modules)))" % argv)
+    code = (f"import json, sys\nfrom urbanedge import cli\ncli.build_parser({argv!r})\nimport agent.app\n"
+            "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     return set(json.loads(out.stdout))
 

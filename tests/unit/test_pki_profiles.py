@@ -297,3 +297,45 @@ def test_crl_distribution_points(tmp_path: Path) -> None:
     assert urls(issuing.cert) == ["http://pki.example.vn/root.crl"]
     assert urls(leaf) == ["http://pki.example.vn/issuing.crl"]
     assert CaDir.open(tmp_path / "issuing").index.crl_url == "http://pki.example.vn/issuing.crl"
+
+
+def test_concurrent_writers_lose_no_change(cas: tuple[CaDir, CaDir], tmp_path: Path) -> None:
+    """The EST service, `pki issue` and `pki revoke` may change one CA at once: every issued
+    certificate and every revocation survives (each change re-reads the index under a lock)."""
+    import subprocess
+    import sys
+
+    _, issuing = cas
+    first = issuing.unlock(PASS).issue(_csr("gw-first"), end_entity_profile("gateway"), now=NOW)
+    # Each writer keeps its CaDir open across its changes, as the EST service does.
+    writer = f"""
+import sys
+from datetime import datetime, UTC
+from pathlib import Path
+from pki.castore import CaDir
+from pki.certs import make_csr
+from pki.keys import generate_key
+from pki.profiles import SubjectFields, end_entity_profile
+ca = CaDir.open(Path({str(issuing.path)!r})).unlock({PASS!r})
+now = datetime(2030, 1, 1, tzinfo=UTC)
+if sys.argv[1] == "revoke":
+    ca.revoke({first.serial_number}, "keyCompromise", now=now)
+    for _ in range(10):
+        ca.make_crl(now=now, days=7)
+else:
+    for i in range(15):
+        ca.issue(make_csr(generate_key("p256"), SubjectFields(f"gw-{{sys.argv[1]}}-{{i}}")),
+                 end_entity_profile("gateway"), now=now)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", writer, who]) for who in ("a", "b", "revoke")]
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    index = CaDir.open(issuing.path).index
+    subjects = [e.subject for e in index.certs]
+    assert len(subjects) == 31 and len(set(e.serial for e in index.certs)) == 31
+    assert all(any(f"gw-{w}-{i}" in s for s in subjects) for w in "ab" for i in range(15))
+    entry = index.find(first.serial_number)
+    assert entry is not None and entry.reason == "keyCompromise"
+    assert index.crl_number == 10
+    crl = x509.load_pem_x509_crl((issuing.path / "crl.pem").read_bytes())
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 10
+    assert stat.S_IMODE((issuing.path / "index.lock").stat().st_mode) == 0o600
