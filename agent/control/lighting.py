@@ -248,6 +248,47 @@ class Controller:
             if st.manual is not None:
                 st.manual.until = min(st.manual.until, until)
 
+    def holds(self, now: float) -> dict[str, dict[str, object]]:
+        """The manual holds and traffic boosts still in force at ``now``, as JSON for the state
+        file: a restart must not undo an operator's dim or cut a boost short."""
+        out: dict[str, dict[str, object]] = {}
+        for device, st in self.devices.items():
+            item: dict[str, object] = {}
+            m = st.manual
+            if m is not None and now < m.until:
+                item["manual"] = {"lamp_on": m.lamp_on, "level": m.level,
+                                  "until": m.until if math.isfinite(m.until) else None}
+            if now < st.boost_until:
+                item["boost_until"] = st.boost_until
+            if item:
+                out[device] = item
+        return out
+
+    def restore(self, saved: object, now: float) -> list[str]:
+        """Take back what :meth:`holds` gave (those ended meanwhile are dropped). Anything
+        malformed is skipped; returns what was skipped, to be logged."""
+        skipped: list[str] = []
+        if not isinstance(saved, dict):
+            return [] if saved is None else ["holds: not an object"]
+        for device, item in saved.items():
+            try:
+                m, boost = item.get("manual"), item.get("boost_until")
+                if m is not None:
+                    until = math.inf if m["until"] is None else float(m["until"])
+                    lamp_on, level = m["lamp_on"], m["level"]
+                    if lamp_on is not None and not isinstance(lamp_on, bool):
+                        raise TypeError("lamp_on")
+                    if level is not None and (isinstance(level, bool) or not isinstance(level, int)
+                                              or not 0 <= level <= 100):
+                        raise TypeError("level")
+                    if now < until:
+                        self._state(device).manual = _Manual(lamp_on, level, until)
+                if boost is not None and now < float(boost):
+                    self._state(device).boost_until = float(boost)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                skipped.append(f"{device}: {exc}")
+        return skipped
+
     def resume(self) -> None:
         """``lighting auto``: drop every manual hold."""
         self.mode = "auto"

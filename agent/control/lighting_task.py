@@ -5,7 +5,8 @@ poll, and only when the wanted state differs from the device's, write it through
 :func:`agent.control.executor.apply` (the bus coordinator's lock, read back). Each change is
 a sealed ``lighting`` event in the outbox, so the IOC learns of it even after an outage;
 nothing here touches the uplink. The schedule a signed ``schedule`` command sets, and the
-``lighting auto|manual`` mode, are kept in a small JSON file (temp, fsync, rename).
+``lighting auto|manual`` mode, are kept in a small JSON file (temp, fsync, rename), with the
+manual holds and traffic boosts in force (wall-clock ends), so a restart undoes neither.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def settings_from_config(cfg: Lighting, schedule: Schedule | None = None) -> Set
 
 
 class StateFile:
-    """The schedule set by command and the mode, surviving restarts; written atomically."""
+    """The schedule set by command, the mode and the holds, surviving restarts; written atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -115,6 +116,10 @@ class LightingTask:
         self.ctl = Controller(settings_from_config(cfg, schedule))
         if saved.get("mode") == "manual":
             self.ctl.mode = "manual"
+        # Holds by wall clock: those that ended while the agent was down are dropped.
+        for problem in self.ctl.restore(saved.get("holds"), clock()):
+            log.warning("event=lighting_state_unreadable path=%s error=%r", cfg.state, problem)
+        self._holds_dirty = False
         by_id = {p.device_id: p for p in pollers}
         self.devices: dict[str, _Device] = {}
         for dev_id in controlled(cfg, devices):
@@ -147,6 +152,7 @@ class LightingTask:
         d = self.devices[write.device]
         d.written[write.point.name] = bool(write.value) if write.point.name == "lamp_on" else int(write.value)
         d.written_at = now
+        self._holds_dirty = True  # saved by the loop: this callback does no I/O
         log.info("event=lighting_manual device=%s point=%s value=%s command=%s", write.device,
                  write.point.name, write.value, cmd.id_hex)
 
@@ -160,6 +166,8 @@ class LightingTask:
                 except Exception:  # a bug here must not stop polling or the agent
                     self.failures += 1
                     log.exception("event=lighting_crashed device=%s", dev_id)
+            if self._holds_dirty:
+                await self._save_holds()
             await asyncio.sleep(self.cfg.period)
 
     def _current(self, d: _Device) -> dict[str, bool | int]:
@@ -210,6 +218,8 @@ class LightingTask:
             d.written_at = self.clock()
         if not writes:
             return
+        if decision.reason == "traffic":
+            self._holds_dirty = True  # a boost begins: a restart now must not cut it short
         self.changes += 1
         state = self._current(d)
         log.info("event=lighting_change device=%s lamp_on=%s level=%s reason=%s", dev_id,
@@ -246,11 +256,21 @@ class LightingTask:
             raise CommandError("bad_args", f"lighting needs mode auto or manual, got {cmd.args.get('mode')!r}")
 
     async def _save(self) -> None:
-        data = {"schedule": self.ctl.settings.schedule.texts(), "mode": self.ctl.mode}
+        self._holds_dirty = False
+        data = {"schedule": self.ctl.settings.schedule.texts(), "mode": self.ctl.mode,
+                "holds": self.ctl.holds(self.clock())}
         try:
             await asyncio.to_thread(self.store.save, data)
         except OSError as exc:
+            self._holds_dirty = True
             raise CommandFailed("state_write_failed", f"{self.store.path}: {exc}") from None
+
+    async def _save_holds(self) -> None:
+        """After a manual command or a new boost: the state file gets the holds in force."""
+        try:
+            await self._save()
+        except CommandFailed as exc:
+            log.warning("event=lighting_state_write_failed detail=%r", exc.detail)
 
     async def _run_schedule(self, cmd: Command) -> dict[str, object]:
         schedule = self._steps(cmd)

@@ -1,7 +1,8 @@
 """Local lighting control end to end: a real Mosquitto, the agent as a process, a streetlight
 simulator read over Modbus by the test. The schedule keeps dimming with the broker down; the
 IOC gets the readings and the sealed ``lighting`` events afterwards; a signed ``schedule``
-command changes the levels and survives a restart; a manual dim holds until ``lighting auto``;
+command changes the levels and survives a restart; a manual dim holds until ``lighting auto``,
+also across a restart;
 the ambient and traffic rules switch and boost the lamp; a dead controller is retried."""
 
 from __future__ import annotations
@@ -150,6 +151,20 @@ schedule = ["{local(now - 3600)}=30", "{local(step70)}=70", "{local(step_off)}=o
         wait_for(lambda: "event=lighting_started devices=light-1 schedule=00:00=55 source=state"
                  in agent.log_text(), 30, "the agent back on the commanded schedule")
         assert lamp(port) == (True, 55)
+
+        # So does an operator's manual dim: a restart does not put the schedule's 55 % back.
+        assert ioc_command(rig, "--device", "light-1", "dim", "25").returncode == 0
+        assert wait_result(sub, "done", 4)["cmd"] == "dim"
+        wait_for(lambda: "light-1" in json.loads((tmp_path / "lighting.json").read_text())["holds"], 30,
+                 "the hold in the state file")
+        agent.stop()
+        agent.start()
+        wait_for(lambda: agent.log_text().count("event=lighting_started") == 3, 30, "the agent back again")
+        time.sleep(1.5)  # five lighting periods after the start: 55 % would be back by now
+        assert lamp(port) == (True, 25)
+        assert ioc_command(rig, "lighting", "auto").returncode == 0
+        wait_lamp(port, (True, 55), "55 % once the hold is dropped")
+        assert json.loads((tmp_path / "lighting.json").read_text())["holds"] == {}
         assert agent.alive() and "Traceback" not in agent.log_text()
     finally:
         agent.stop()

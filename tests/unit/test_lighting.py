@@ -4,6 +4,7 @@ hysteresis and dwell, traffic boost, manual holds; directly and with hypothesis.
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -238,3 +239,38 @@ def test_manual_hold_ends_exactly_at_the_next_step(d: dict[int, int | None], sta
     end = t0 + c.settings.schedule.next_change(c.local_second(t0))
     dec = c.decide("l", t0 + later)
     assert (dec.reason == "manual") == (t0 + later < end)
+
+
+def test_holds_and_boosts_survive_a_restart_by_wall_clock() -> None:
+    c = ctl(traffic=TrafficRule(above=10, boost=80, hold=600))
+    c.manual("l", at("19:00"), level=20)  # until 23:00
+    c.manual("m", at("19:00"), lamp_on=False)
+    c.feed("t", at("23:30"), {"traffic_count": 50})  # boost until 23:40
+    saved = json.loads(json.dumps(c.holds(at("19:00"))))  # through the state file's JSON
+    assert saved["l"] == {"manual": {"lamp_on": None, "level": 20, "until": at("23:00")}}
+    after = ctl(traffic=TrafficRule(above=10, boost=80, hold=600))
+    assert after.restore(saved, at("19:05")) == []
+    assert after.decide("l", at("22:59")) == Decision(None, 20, "manual")
+    assert after.decide("m", at("19:05")) == Decision(False, None, "manual")
+    assert after.decide("l", at("23:00")) == Decision(True, 50, "schedule")
+    assert after.decide("t", at("23:35")) == Decision(True, 80, "traffic")
+    assert after.decide("t", at("23:41")) == Decision(True, 50, "schedule")
+    # Down past the end of a hold: it is gone, not resumed.
+    late = ctl()
+    assert late.restore(saved, at("23:01")) == [] and late.decide("l", at("23:01")).reason == "schedule"
+    assert set(late.holds(at("23:01"))) == {"t"}  # only the boost (till 23:40) is still to come
+
+
+@pytest.mark.parametrize("saved", [
+    {"l": {"manual": {"lamp_on": "yes", "level": 20, "until": None}}},
+    {"l": {"manual": {"lamp_on": None, "level": 120, "until": None}}},
+    {"l": {"manual": {"level": 20}}},
+    {"l": {"boost_until": "soon"}},
+    {"l": 7},
+    [1, 2],
+])
+def test_a_malformed_saved_hold_is_skipped_and_named(saved: object) -> None:
+    c = ctl()
+    skipped = c.restore(saved, at("19:00"))
+    assert len(skipped) == 1
+    assert c.decide("l", at("19:00")) == Decision(True, 100, "schedule")
