@@ -30,7 +30,14 @@ from ue.identity import Identity, IdentityError
 VERSION = "0.3.0"
 
 ALARM, EVENT, TELEMETRY = 0, 1, 2
-_CHANNELS = ("alarm", "event", "telemetry")
+# A channel (topic) besides the three priorities: security events keep EVENT priority but go
+# to their own topic, which a SOC watches alone (docs/wire-format.md, as the gateway does).
+SECURITY = 3
+SECURITY_REPEAT_MS = 3600000  # the same security condition is reported once an hour
+# The reason texts of ue/mqtt.py's failed connects that a SOC must see, in the gateway's words.
+_TLS_REASONS = (("TLS handshake: broker certificate rejected", "broker_certificate_rejected"),
+                ("TLS handshake refused by the broker", "tls_handshake_failed"))
+_CHANNELS = ("alarm", "event", "telemetry", "security")
 
 
 class ConfigError(ValueError):
@@ -58,6 +65,43 @@ def _q(text):
 
 
 # --- SBOM ---------------------------------------------------------------------------------
+
+def tls_reason(text):
+    # The security reason of a failed connect's reason text (ue/mqtt.py), or None.
+    for prefix, code in _TLS_REASONS:
+        if text.startswith(prefix):
+            return code
+    return None
+
+
+class RateLimit:
+    # At most one report per key every every_ms (ticks_ms: fine for periods of hours).
+    def __init__(self, every_ms):
+        self.every_ms = every_ms
+        self._last = {}
+
+    def allow(self, key, now_ms):
+        last = self._last.get(key)
+        if last is not None and time.ticks_diff(now_ms, last) < self.every_ms:
+            return False
+        self._last[key] = now_ms
+        return True
+
+
+def _is_security(data):
+    body = records.unpack(data)[2]
+    return isinstance(body, dict) and body.get("event") == "security"
+
+
+def _channel_run(peeked):
+    # (channel, the leading records of peeked that share it): one sealed message goes to one
+    # topic. The rest wait for the next batch, so seq order within EVENT is kept.
+    sec = _is_security(peeked[0][2])
+    n = 1
+    while n < len(peeked) and _is_security(peeked[n][2]) == sec:
+        n += 1
+    return (SECURITY if sec else EVENT), peeked[:n]
+
 
 def sbom_body(release):
     # The node's SBOM event (docs: "a node sends"): MicroPython version, release, and the
@@ -244,6 +288,7 @@ class Node:
             self.ota = ota.Updater(cfg["ota"], self.src, cfg.get("hw", "esp32"), storage, slot,
                                    self._event, self.log, VERSION)
         self._announced_on = 0
+        self._security_limit = RateLimit(SECURITY_REPEAT_MS)
         self._reported_drops = self.flog.dropped
         self._first_pending_ms = None
 
@@ -264,7 +309,23 @@ class Node:
             server_hostname=br.get("server_hostname"), keepalive=br.get("keepalive", 60),
             will=(self.topic_status, offline, True), backoff_min_ms=br.get("backoff_min_ms", 1000),
             backoff_max_ms=br.get("backoff_max_ms", 60000),
-            tx_size=2048, log=self.log)
+            tx_size=2048, log=self.log, on_connect_failure=self._connect_failed)
+
+    def _connect_failed(self, reason):
+        code = tls_reason(reason)
+        if code is not None:
+            self.security("certificate", code, reason)
+
+    def security(self, category, reason, detail, **extra):
+        # A security event (EVENT priority, "security" channel); once per SECURITY_REPEAT_MS
+        # per category and reason, so a broker refusing every reconnect is one report an hour.
+        if not self._security_limit.allow(category + ":" + reason, time.ticks_ms()):
+            return
+        self.log("event=security_event category=%s reason=%s" % (category, reason))
+        body = {"event": "security", "category": category, "reason": reason, "detail": detail[:300]}
+        for k in extra:
+            body[k] = extra[k]
+        self._event(body)
 
     # -- recording -----------------------------------------------------------------------
 
@@ -348,9 +409,10 @@ class Node:
         # (prio, peeked) of the batch to send now, or None. Alarms and events go at once;
         # telemetry once a full batch waits or the oldest has waited max_wait.
         fl = self.flog
-        for prio in (ALARM, EVENT):
-            if fl.pending(prio):
-                return prio, fl.peek(self.batch_max, prio)
+        if fl.pending(ALARM):
+            return ALARM, fl.peek(self.batch_max, ALARM)
+        if fl.pending(EVENT):
+            return _channel_run(fl.peek(self.batch_max, EVENT))
         n = fl.pending(TELEMETRY)
         if not n:
             self._first_pending_ms = None
@@ -371,22 +433,23 @@ class Node:
         await self.client.publish(self.topic_status, status, retain=True)
         self.log("event=node_announced src=%s" % self.src)
 
-    async def send_one(self, prio, peeked):
+    async def send_one(self, ch, peeked):
+        # ch: a priority, or SECURITY (EVENT records for the security topic)
         ident = self.identity
         payload = cose.batch_payload(self.src, wall_ms(), records.Batch(peeked))
         sealed = cose.seal(payload, ident.d, ident.x5t, ident.recipient_xy, ident.recipient_kid, self.eph)
         payload = None
-        await self.client.publish(self.topics[prio], sealed)
+        await self.client.publish(self.topics[ch], sealed)
         sealed = None
         seqs = [r[0] for r in peeked]
         self.flog.ack(seqs)
         self.sent_batches += 1
         self.sent_records += len(seqs)
         self.log("event=batch_acked channel=%s records=%d first_seq=%d pending=%d"
-                 % (_CHANNELS[prio], len(seqs), seqs[0], self.flog.pending()))
+                 % (_CHANNELS[ch], len(seqs), seqs[0], self.flog.pending()))
         if self.flog.pending() == 0:
             self._first_pending_ms = None
-        elif prio == TELEMETRY:
+        elif ch == TELEMETRY:
             self._first_pending_ms = time.ticks_ms()
 
     async def uplink_loop(self):

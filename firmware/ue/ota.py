@@ -47,6 +47,12 @@ _SLOTS = ("a", "b")
 _NAME_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 
 
+# Rejections that look like an attack (a forged or tampered release, an older one), reported
+# as security events too, in the gateway's words (agent/security/events.py). Not here: a
+# manifest for another node or hardware, an expired one (operations problems first).
+ATTACK_REASONS = {"signature": "bad-signature", "key": "bad-signature", "rollback": "rollback", "hash": "tampered"}
+
+
 class Rejected(Exception):
     # reason: one word (format, key, signature, node, hw, expired, rollback, files, hash);
     # ota/node_manifest.py uses the same words.
@@ -254,6 +260,11 @@ class Updater:
         self.emit(body)
         self.log("event=ota_status state=%s release=%s counter=%d%s"
                  % (state, version, counter, (" reason=" + _q(reason)) if reason else ""))
+        if state == "rejected" and reason:
+            code, _, detail = reason.partition(": ")
+            if code in ATTACK_REASONS:
+                self.emit({"event": "security", "category": "update_rejected", "reason": ATTACK_REASONS[code],
+                           "detail": detail[:300], "release": version or ""})
 
     def release(self):
         # the version of what runs now

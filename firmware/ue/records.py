@@ -9,6 +9,11 @@ def pack(device_id, ts_ms, body):
     return cbor.dumps([device_id, ts_ms, body])
 
 
+def unpack(data):
+    # [device_id, ts_ms, body]
+    return cbor.loads(data)
+
+
 class Batch:
     # The records of one message, decoded from their log payloads each time the payload
     # encoder iterates (it does twice): one decoded record in RAM at a time.
@@ -17,5 +22,5 @@ class Batch:
 
     def __iter__(self):
         for seq, prio, data in self.peeked:
-            device_id, ts_ms, body = cbor.loads(data)
+            device_id, ts_ms, body = unpack(data)
             yield seq, prio, device_id, ts_ms, body

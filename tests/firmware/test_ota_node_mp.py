@@ -271,7 +271,7 @@ def test_broken_releases_fall_back_and_the_node_keeps_reporting(
     # A release whose uplink never gets a PUBACK: its self-test times out (trial_s), it says
     # so, and the loader falls back.
     _release(rg, server.root, pem, "1.4.0", 5, {"node.py": (
-        "await self.client.publish(self.topics[prio], sealed)",
+        "await self.client.publish(self.topics[ch], sealed)",
         "await asyncio.Event().wait()  # never acknowledged")})
     wait_for(lambda: "rolled-back" in _states(rg, 5), 120, "rolled-back for the release without PUBACKs")
     failed = [r for r in _ota(rg) if r["state"] == "failed" and r["counter"] == 5]
@@ -286,6 +286,22 @@ def test_broken_releases_fall_back_and_the_node_keeps_reporting(
     wait_for(lambda: len(server.requested(f"nodes/{NODE_ID}.manifest")) >= checks + 3, 30, "three more checks")
     assert rg.log_count("ota_trial_boot") == trial_boots
     assert rg.log_count("ota_skip_bad_release") >= 2
+
+    # A manifest signed by a key the node does not trust: refused, and a security event on the
+    # node's own security topic reaches the IOC (a SOC subscribes to that topic alone).
+    forger = rg.tmp / "forger.key.pem"
+    forger.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    _release(rg, server.root, forger, "1.5.0", 6, {})
+
+    def security() -> list[dict[str, Any]]:
+        return [r for r in rg.ioc_lines() if r["type"] == "event" and r.get("event") == "security"]
+    wait_for(lambda: len(security()) >= 1, 60, "the node's security event at the IOC")
+    (sec,) = security()
+    assert (sec["source"], sec["category"], sec["reason"]) == (NODE_ID, "update_rejected", "bad-signature")
+    assert any(r["reason"].startswith("key") for r in _ota(rg) if r["state"] == "rejected")
+    assert "event=batch_acked channel=security" in rg.log_text()
+    assert _boot(rg)["committed"] == "factory"
     assert sup.proc is not None and sup.proc.poll() is None
     assert rg.ioc_rejections() == ""
 

@@ -105,6 +105,10 @@ def setup(tmp_path: Path) -> Any:
         yield Setup(tmp_path, repo, storage, server, pem, cfg_path)
 
 
+def _security(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event") == "security"]
+
+
 def _states(events: list[dict[str, Any]]) -> list[str]:
     return [e["state"] for e in events if e.get("event") == "ota_status"]
 
@@ -141,9 +145,32 @@ def test_a_tampered_file_is_rejected_and_nothing_flips(setup: Setup) -> None:
     assert result == "rejected", out
     rejected = [e for e in events if e.get("state") == "rejected"]
     assert len(rejected) == 1 and rejected[0]["reason"].startswith("hash") and "sensors.py" in rejected[0]["reason"]
+    # A tampered release is also a security event, in the gateway's words (for the SOC's topic).
+    (sec,) = _security(events)
+    assert (sec["category"], sec["reason"], sec["release"]) == ("update_rejected", "tampered", VERSION)
+    assert "sensors.py" in sec["detail"]
     assert not (setup.storage / "app" / "boot.json").exists()  # nothing flipped
     assert not (setup.storage / "app" / "a" / "ue" / "sensors.py").exists()
     assert not (setup.storage / "app" / "a" / "ue" / "sensors.py.part").exists()
+
+
+def test_a_forged_manifest_is_a_security_event_one_for_another_node_is_not(setup: Setup) -> None:
+    forger = setup.tmp / "forger.key.pem"
+    forger.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    add_node_bundle(setup.repo, FIRMWARE, VERSION, "esp32")
+    write_node_manifest(setup.repo, forger, NODE_ID, "esp32", VERSION, 3)
+    result, events, out = setup.run_check()
+    assert result == "rejected", out
+    (sec,) = _security(events)
+    assert (sec["category"], sec["reason"]) == ("update_rejected", "bad-signature")
+    assert "does not trust" in sec["detail"]
+    # Signed by the right key but for another node: an operations problem, not an attack.
+    write_node_manifest(setup.repo, setup.key_pem, "n2", "esp32", VERSION, 4)
+    (setup.repo / "nodes" / "n2.manifest").rename(setup.repo / "nodes" / f"{NODE_ID}.manifest")
+    result, events, out = setup.run_check()
+    assert result == "rejected" and _states(events) == ["rejected"], out
+    assert events[0]["reason"].startswith("node") and _security(events) == []
 
 
 def test_a_download_cut_midway_resumes_with_range(setup: Setup) -> None:
