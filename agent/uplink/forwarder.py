@@ -74,7 +74,8 @@ class UplinkSettings:
     reconnect_max: float = 60.0
     birth: dict[str, Any] = field(default_factory=dict)
     # Also bounds a handshake the broker ends before CONNACK (e.g. a TLS 1.3 client
-    # certificate it rejects): aiomqtt only notices that by timing out.
+    # certificate it rejects): aiomqtt only notices that by timing out (the TLS alert itself
+    # reaches us through paho's log: Forwarder._note_tls_alert).
     connect_timeout: float = 10.0
     # Called with each message on the gateway's command topic (subscribed only when set).
     # The payload is untrusted: the callee decides what, if anything, it may cause.
@@ -161,6 +162,14 @@ class Forwarder:
         self._retrying = AsyncRetrying(wait=self._wait)
         self._version = urbanedge.__version__  # the running release (a slot's RELEASE.json)
         self._live: aiomqtt.Client | None = None  # the online connection, for rebirth()
+        # paho reports a TLS alert that arrives after the handshake (TLS 1.3: the broker refuses
+        # our client certificate once we have sent CONNECT) only to its logger, with the
+        # ssl.SSLError as the argument; aiomqtt then just times out. Our own logger instance
+        # (not registered, so one per forwarder) lets us see the error and say what it was.
+        self._mqtt_log = logging.Logger("urbanedge.uplink.mqtt")
+        self._mqtt_log.parent = logging.getLogger("urbanedge.uplink")
+        self._mqtt_log.addFilter(self._note_tls_alert)
+        self._tls_alert: ssl.SSLError | None = None
 
     @property
     def state(self) -> str:
@@ -223,6 +232,13 @@ class Forwarder:
             attempt += 1
             await asyncio.sleep(delay)
 
+    def _note_tls_alert(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, ssl.SSLError) and self._live is None:
+                self._tls_alert = arg
+        return True  # the record is logged as usual
+
     def _backoff(self, attempt: int) -> float:
         state = RetryCallState(self._retrying, None, (), {})
         state.attempt_number = attempt
@@ -244,6 +260,7 @@ class Forwarder:
             # Room for status/birth next to a full window, so paho never queues ours.
             max_inflight_messages=s.max_inflight + 4,
             timeout=s.connect_timeout,
+            logger=self._mqtt_log,
         )
         # The window is bounded by us; aiomqtt's warning assumes ~10 is unusual.
         client.pending_calls_threshold = s.max_inflight + 4
@@ -253,6 +270,7 @@ class Forwarder:
         """One connection, from connect to loss. Returns (was it online, why it ended)."""
         online = False
         reason = "ended"
+        self._tls_alert = None
         try:
             async with self._client() as client:
                 try:
@@ -270,9 +288,12 @@ class Forwarder:
                     await self._say_offline(client)
                     raise
         except* aiomqtt.MqttError as group:
-            reason = _reason(group.exceptions[0])
+            exc: BaseException = group.exceptions[0]
+            if not online and self._tls_alert is not None:
+                exc = self._tls_alert  # what the timeout stands for
+            reason = _reason(exc)
             if not online and self._settings.on_connect_failure is not None:
-                self._settings.on_connect_failure(group.exceptions[0])
+                self._settings.on_connect_failure(exc)
         finally:
             self._live = None
             # A send task cancelled before it ran never reached its own decrement.

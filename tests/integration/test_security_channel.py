@@ -171,6 +171,55 @@ def test_a_broker_certificate_we_do_not_trust_is_a_security_event(tmp_path: Path
     assert "certificate" in tls[0]["detail"] and "verify code" in tls[0]["detail"]
 
 
+def test_a_client_certificate_refused_on_tls_1_3_is_named_and_a_security_event(tmp_path: Path) -> None:
+    """TLS 1.3: the broker refuses our client certificate only after our handshake is done, so
+    aiomqtt sees a timeout; the alert (from paho's log) is what the gateway reports."""
+    broker_tls = make_tls_material(tmp_path / "broker-pki")
+    other_ca = make_tls_material(tmp_path / "other-pki")  # issued our client certificate
+    tls_port = free_port()
+    broker = Mosquitto(tmp_path / "broker", extra_conf=(
+        "user root\n"
+        f"listener {tls_port} 127.0.0.1\n"
+        f"cafile {broker_tls.ca_pem}\ncertfile {broker_tls.server_cert}\nkeyfile {broker_tls.server_key}\n"
+        "require_certificate true\ntls_version tlsv1.3\n"))
+    broker.workdir.mkdir()
+    broker.start()
+    monitor = SecurityMonitor(GW, repeat_every=3600)
+    ours = other_ca.client(GW)
+
+    async def scenario() -> tuple[list[dict[str, Any]], str]:
+        outbox = await AsyncOutbox.open(tmp_path / "outbox.db", max_bytes=64 << 20)
+        try:
+            ctx = client_context(broker_tls.ca_pem, ours.cert_pem, ours.key_pem)
+            fwd = Forwarder(outbox, settings(tls_port, tls=ctx, connect_timeout=2.0,
+                                             on_connect_failure=monitor.on_connect_failure))
+            cert_der = testpki.batch_sealer(GW).chain_der[0]
+            tasks = [asyncio.create_task(fwd.run()), asyncio.create_task(monitor.run(outbox.append, cert_der))]
+            for _ in range(600):  # up to 30 s
+                if fwd.stats.connect_failures >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert fwd.stats.connect_failures >= 2 and fwd.stats.connects == 0
+            rows = await outbox.fetch(Priority.EVENT, 0, 100)
+            return [json.loads(r.body) for r in rows], fwd.stats.last_error or ""
+        finally:
+            await outbox.close()
+
+    try:
+        bodies, last_error = asyncio.run(scenario())
+    finally:
+        broker.stop()
+    tls = [b for b in bodies if b["event"] == "security" and b["category"] == "certificate"]
+    assert [b["reason"] for b in tls] == ["tls_handshake_failed"]
+    assert "UNKNOWN_CA" in tls[0]["detail"]
+    # The technician's reason names the alert, not "Operation timed out".
+    assert "SSLError" in last_error and "unknown ca" in last_error, last_error
+
+
 def test_our_own_certificate_close_to_expiry_is_a_security_event() -> None:
     pki = testpki.shared_pki()
     soon = pki.issue_device("gw-expiring", days=10)
