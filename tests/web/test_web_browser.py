@@ -35,6 +35,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium_axe_python import Axe  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -55,6 +56,20 @@ def request(port: int, method: str, path: str, *, body: str | None = None,
         return resp.status, hdrs, resp.read().decode()
     finally:
         conn.close()
+
+
+# WCAG 2.1 levels A and AA, what public-sector sites are held to.
+AXE_OPTIONS = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
+
+
+def axe_violations(browser: webdriver.Chrome) -> list[str]:
+    """axe-core's audit of the page as shown: one line per violated rule, with where."""
+    axe = Axe(browser)
+    axe.inject()
+    result = axe.run(options=AXE_OPTIONS)
+    assert result["passes"], "axe ran no check at all"
+    return [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+            for v in result["violations"]]
 
 
 def web_up(port: int) -> bool:
@@ -154,6 +169,7 @@ def test_technician_signs_in_sees_devices_and_chart_in_vietnamese(agent_web: int
     # Refused without a session: the browser lands on the sign-in form.
     assert urllib.parse.urlsplit(browser.current_url).path == "/login"
     assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+    assert axe_violations(browser) == []
     # Labels belong to their fields (what a screen reader reads for each input).
     for field_id in ("username", "password"):
         label = browser.find_element(By.CSS_SELECTOR, f'label[for="{field_id}"]')
@@ -175,6 +191,7 @@ def test_technician_signs_in_sees_devices_and_chart_in_vietnamese(agent_web: int
     assert [r.find_element(By.TAG_NAME, "th").text for r in
             browser.find_elements(By.CSS_SELECTOR, "table.devices tbody tr")] == ["sl-1", "sl-2"]
     assert browser.find_element(By.ID, "uplink-state").text == "Connected"
+    assert axe_violations(browser) == []
 
     # Switch to Vietnamese with the visible switcher (by keyboard: focus the link, press Enter).
     link = browser.find_element(By.CSS_SELECTOR, 'nav.lang a[hreflang="vi"]')
@@ -213,6 +230,11 @@ def test_technician_signs_in_sees_devices_and_chart_in_vietnamese(agent_web: int
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#live .updated").text != before)
     assert browser.find_element(By.ID, "tbl-sl-1-voltage").get_attribute("open") is not None
     assert browser.switch_to.active_element.get_attribute("id") == "sum-sl-1-voltage"
+    # The full page in Vietnamese, chart and open data table included.
+    assert axe_violations(browser) == []
+    # (and the audit does see a fault: an image without a text alternative)
+    browser.execute_script("document.getElementById('main').insertAdjacentHTML('beforeend', '<img src=\\'x.png\\'>')")
+    assert [v.split(" ")[0] for v in axe_violations(browser)] == ["image-alt"]
     if os.environ.get("UE_WEB_SCREENSHOT"):  # a look at the page when changing it
         browser.save_screenshot(os.environ["UE_WEB_SCREENSHOT"])
 
