@@ -181,7 +181,6 @@ class MQTTClient:
         rx_size=128,
         tx_size=2048,
         log=_log_print,  # called with one 'event=... key=value' line
-        on_connect_failure=None,  # called with the reason text of each failed attempt
     ):
         if keepalive <= 0 or keepalive > 65535:
             raise ValueError("keepalive must be 1..65535 s")
@@ -198,7 +197,6 @@ class MQTTClient:
         self._will = will
         self._user = user
         self._password = password
-        self._on_fail = on_connect_failure
         self._bo_min = backoff_min_ms
         self._bo_max = backoff_max_ms
         self._conn_to = connect_timeout_ms
@@ -374,11 +372,6 @@ class MQTTClient:
                 self._close_stream()
                 self.connect_failures += 1
                 self.last_error = self._explain(e)
-                if self._on_fail is not None:
-                    try:
-                        self._on_fail(self.last_error)
-                    except Exception as cb_err:  # a full flash must not stop the reconnects
-                        self._log("event=mqtt_on_fail_error reason=%s" % _q(repr(cb_err)))
                 delay = self._backoff_ms(attempt)
                 attempt += 1
                 self._log("event=mqtt_connect_failed host=%s port=%d reason=%s retry_ms=%d"

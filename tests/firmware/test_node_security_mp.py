@@ -1,5 +1,6 @@
 """The node's security events under the real MicroPython unix port (ue/node.py): which failed
-connects are security events (the gateway's reasons), the once-an-hour limit, and the split of
+connects are security events (the gateway's reasons, looked at from the uplink loop), the
+once-an-hour limit, and the split of
 an EVENT batch so security events go to their own topic in seq order."""
 
 from __future__ import annotations
@@ -34,6 +35,42 @@ while batch:
     runs.append([node._CHANNELS[ch], [r[0] for r in run]])
     batch = batch[len(run):]
 out["runs"] = runs
+
+
+class Client:
+    connect_failures = 0
+    last_error = None
+
+
+class Fake:
+    # What Node._check_connect_failures uses of the node: its client, the count it has seen,
+    # security() (here through the real rate limit), log.
+    def __init__(self):
+        self.client = Client()
+        self._seen_failures = 0
+        self._security_limit = node.RateLimit(3600000)
+        self.events = []
+        self.logs = []
+
+    def _event(self, body):
+        self.events.append(body)
+
+    def log(self, line):
+        self.logs.append(line)
+
+
+f = Fake()
+f.security = lambda *a, **k: node.Node.security(f, *a, **k)
+check = node.Node._check_connect_failures
+check(f)  # no failure yet
+f.client.connect_failures, f.client.last_error = 1, "connect refused: ECONNREFUSED"
+check(f)
+f.client.connect_failures, f.client.last_error = 2, "TLS handshake: broker certificate rejected: X509 verify"
+check(f)
+check(f)  # nothing new
+f.client.connect_failures = 5  # three more of the same within the hour
+check(f)
+out["events"] = [[e["category"], e["reason"], e["detail"]] for e in f.events]
 print(json.dumps(out))
 """
 
@@ -43,3 +80,6 @@ def test_security_reasons_rate_limit_and_channel_runs() -> None:
     assert out["tls"] == ["broker_certificate_rejected", "tls_handshake_failed", None, None]
     assert out["limit"] == [True, False, True, True]
     assert out["runs"] == [["event", [1]], ["security", [2, 3]], ["event", [4]], ["security", [5]]]
+    # A failed connect is looked at once; only a TLS refusal is an event, once within the hour.
+    assert out["events"] == [["certificate", "broker_certificate_rejected",
+                              "TLS handshake: broker certificate rejected: X509 verify"]]
