@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -127,45 +128,54 @@ def test_security_events_take_their_own_topic_ahead_of_the_telemetry_backlog(
     assert ev_seqs == sorted(ev_seqs)
 
 
-def test_a_broker_certificate_we_do_not_trust_is_a_security_event(tmp_path: Path) -> None:
-    broker_tls = make_tls_material(tmp_path / "broker-pki")
-    other_ca = make_tls_material(tmp_path / "other-pki")  # what the gateway (wrongly) trusts
+def refused_connects(tmp_path: Path, broker_conf: str, tls: ssl.SSLContext,
+                     failures: int) -> tuple[list[dict[str, Any]], str]:
+    """A forwarder with ``tls`` against a Mosquitto TLS listener (``broker_conf`` added) that
+    refuses it, until ``failures`` connects failed: (event bodies in the outbox, last error)."""
     tls_port = free_port()
-    broker = Mosquitto(tmp_path / "broker", extra_conf=(
-        "user root\n"
-        f"listener {tls_port} 127.0.0.1\n"
-        f"cafile {broker_tls.ca_pem}\ncertfile {broker_tls.server_cert}\nkeyfile {broker_tls.server_key}\n"
-        "tls_version tlsv1.2\n"))
+    broker = Mosquitto(tmp_path / "broker", extra_conf=f"user root\nlistener {tls_port} 127.0.0.1\n{broker_conf}")
     broker.workdir.mkdir()
     broker.start()
     monitor = SecurityMonitor(GW, repeat_every=3600)
 
-    async def scenario() -> list[dict[str, Any]]:
+    async def scenario() -> tuple[list[dict[str, Any]], str]:
         outbox = await AsyncOutbox.open(tmp_path / "outbox.db", max_bytes=64 << 20)
         try:
-            fwd = Forwarder(outbox, settings(tls_port, tls=client_context(other_ca.ca_pem), connect_timeout=2.0,
+            fwd = Forwarder(outbox, settings(tls_port, tls=tls, connect_timeout=2.0,
                                              on_connect_failure=monitor.on_connect_failure))
             cert_der = testpki.batch_sealer(GW).chain_der[0]
             tasks = [asyncio.create_task(fwd.run()), asyncio.create_task(monitor.run(outbox.append, cert_der))]
             for _ in range(600):  # up to 30 s
-                if fwd.stats.connect_failures >= 3:
+                if fwd.stats.connect_failures >= failures:
                     break
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            assert fwd.stats.connect_failures >= 3 and fwd.stats.connects == 0
+            assert fwd.stats.connect_failures >= failures and fwd.stats.connects == 0
             rows = await outbox.fetch(Priority.EVENT, 0, 100)
-            return [json.loads(r.body) for r in rows]
+            return [json.loads(r.body) for r in rows], fwd.stats.last_error or ""
         finally:
             await outbox.close()
 
     try:
-        bodies = asyncio.run(scenario())
+        return asyncio.run(scenario())
     finally:
         broker.stop()
-    tls = [b for b in bodies if b["event"] == "security" and b["category"] == "certificate"]
+
+
+def tls_events(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [b for b in bodies if b["event"] == "security" and b["category"] == "certificate"]
+
+
+def test_a_broker_certificate_we_do_not_trust_is_a_security_event(tmp_path: Path) -> None:
+    broker_tls = make_tls_material(tmp_path / "broker-pki")
+    other_ca = make_tls_material(tmp_path / "other-pki")  # what the gateway (wrongly) trusts
+    bodies, _ = refused_connects(tmp_path, (
+        f"cafile {broker_tls.ca_pem}\ncertfile {broker_tls.server_cert}\nkeyfile {broker_tls.server_key}\n"
+        "tls_version tlsv1.2\n"), client_context(other_ca.ca_pem), failures=3)
+    tls = tls_events(bodies)
     # Three refused handshakes, one event: repeats within the hour are not re-reported.
     assert [b["reason"] for b in tls] == ["broker_certificate_rejected"]
     assert "certificate" in tls[0]["detail"] and "verify code" in tls[0]["detail"]
@@ -176,44 +186,12 @@ def test_a_client_certificate_refused_on_tls_1_3_is_named_and_a_security_event(t
     aiomqtt sees a timeout; the alert (from paho's log) is what the gateway reports."""
     broker_tls = make_tls_material(tmp_path / "broker-pki")
     other_ca = make_tls_material(tmp_path / "other-pki")  # issued our client certificate
-    tls_port = free_port()
-    broker = Mosquitto(tmp_path / "broker", extra_conf=(
-        "user root\n"
-        f"listener {tls_port} 127.0.0.1\n"
-        f"cafile {broker_tls.ca_pem}\ncertfile {broker_tls.server_cert}\nkeyfile {broker_tls.server_key}\n"
-        "require_certificate true\ntls_version tlsv1.3\n"))
-    broker.workdir.mkdir()
-    broker.start()
-    monitor = SecurityMonitor(GW, repeat_every=3600)
     ours = other_ca.client(GW)
-
-    async def scenario() -> tuple[list[dict[str, Any]], str]:
-        outbox = await AsyncOutbox.open(tmp_path / "outbox.db", max_bytes=64 << 20)
-        try:
-            ctx = client_context(broker_tls.ca_pem, ours.cert_pem, ours.key_pem)
-            fwd = Forwarder(outbox, settings(tls_port, tls=ctx, connect_timeout=2.0,
-                                             on_connect_failure=monitor.on_connect_failure))
-            cert_der = testpki.batch_sealer(GW).chain_der[0]
-            tasks = [asyncio.create_task(fwd.run()), asyncio.create_task(monitor.run(outbox.append, cert_der))]
-            for _ in range(600):  # up to 30 s
-                if fwd.stats.connect_failures >= 2:
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.2)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            assert fwd.stats.connect_failures >= 2 and fwd.stats.connects == 0
-            rows = await outbox.fetch(Priority.EVENT, 0, 100)
-            return [json.loads(r.body) for r in rows], fwd.stats.last_error or ""
-        finally:
-            await outbox.close()
-
-    try:
-        bodies, last_error = asyncio.run(scenario())
-    finally:
-        broker.stop()
-    tls = [b for b in bodies if b["event"] == "security" and b["category"] == "certificate"]
+    bodies, last_error = refused_connects(tmp_path, (
+        f"cafile {broker_tls.ca_pem}\ncertfile {broker_tls.server_cert}\nkeyfile {broker_tls.server_key}\n"
+        "require_certificate true\ntls_version tlsv1.3\n"),
+        client_context(broker_tls.ca_pem, ours.cert_pem, ours.key_pem), failures=2)
+    tls = tls_events(bodies)
     assert [b["reason"] for b in tls] == ["tls_handshake_failed"]
     assert "UNKNOWN_CA" in tls[0]["detail"]
     # The technician's reason names the alert, not "Operation timed out".
