@@ -120,6 +120,7 @@ class LightingTask:
         for problem in self.ctl.restore(saved.get("holds"), clock()):
             log.warning("event=lighting_state_unreadable path=%s error=%r", cfg.state, problem)
         self._holds_dirty = False
+        self._save_lock = asyncio.Lock()
         by_id = {p.device_id: p for p in pollers}
         self.devices: dict[str, _Device] = {}
         for dev_id in controlled(cfg, devices):
@@ -256,14 +257,17 @@ class LightingTask:
             raise CommandError("bad_args", f"lighting needs mode auto or manual, got {cmd.args.get('mode')!r}")
 
     async def _save(self) -> None:
-        self._holds_dirty = False
-        data = {"schedule": self.ctl.settings.schedule.texts(), "mode": self.ctl.mode,
-                "holds": self.ctl.holds(self.clock())}
-        try:
-            await asyncio.to_thread(self.store.save, data)
-        except OSError as exc:
-            self._holds_dirty = True
-            raise CommandFailed("state_write_failed", f"{self.store.path}: {exc}") from None
+        # One save at a time, the state taken inside the lock: a command's save and the loop's
+        # cannot finish in the wrong order and leave the older state on disk.
+        async with self._save_lock:
+            self._holds_dirty = False
+            data = {"schedule": self.ctl.settings.schedule.texts(), "mode": self.ctl.mode,
+                    "holds": self.ctl.holds(self.clock())}
+            try:
+                await asyncio.to_thread(self.store.save, data)
+            except OSError as exc:
+                self._holds_dirty = True
+                raise CommandFailed("state_write_failed", f"{self.store.path}: {exc}") from None
 
     async def _save_holds(self) -> None:
         """After a manual command or a new boost: the state file gets the holds in force."""
