@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 CERT_FILE, KEY_FILE, INDEX_FILE, CRL_FILE = "ca.pem", "ca.key", "index.json", "crl.pem"
 LOCK_FILE = "index.lock"
+# A renewed certificate stays usable this long after its successor was issued (the device may
+# not have installed the new one yet and ask again with the old one); after that `crl` revokes
+# it (reason superseded) and re-enrolment with it is refused: a key left on a replaced SD card
+# or copied off a device does not stay good until the old certificate expires.
+SUPERSEDED_GRACE = timedelta(days=7)
 INDEX_VERSION = 1
 REASONS: dict[str, x509.ReasonFlags] = {
     flag.value: flag for flag in (
@@ -60,6 +65,13 @@ class IndexEntry:
     not_after: str
     revoked_at: str | None = None
     reason: str | None = None
+    superseded_by: str | None = None  # serial (hex) of the certificate a renewal issued for it
+    superseded_at: str | None = None
+
+    def superseded_before(self, moment: datetime) -> bool:
+        """Renewed, and the grace after its successor had run out by ``moment``."""
+        return (self.superseded_at is not None
+                and datetime.fromisoformat(self.superseded_at) + SUPERSEDED_GRACE <= moment)
 
 
 @dataclass
@@ -174,8 +186,10 @@ class CaDir:
 
     # -- signing ------------------------------------------------------------------------------
     def issue(self, csr: x509.CertificateSigningRequest, profile: Profile, *, now: datetime, days: int | None = None,
-              not_before: datetime | None = None, csr_name: str = "CSR") -> x509.Certificate:
-        """Sign ``csr`` with ``profile`` and record it in the index."""
+              not_before: datetime | None = None, csr_name: str = "CSR", supersedes: int | None = None
+              ) -> x509.Certificate:
+        """Sign ``csr`` with ``profile`` and record it in the index; a renewal names the serial
+        of the certificate it ``supersedes`` (marked so in the same index change)."""
         try:
             checked = certs.check_csr(csr, profile)
         except ProfileError as exc:
@@ -185,16 +199,30 @@ class CaDir:
         cert = certs.sign_certificate(profile=profile, subject=checked.subject, subject_key=checked.public_key,
                                       issuer_cert=self.cert, issuer_key=self.key, valid=valid,
                                       device_id=checked.device_id, crl_url=self.index.crl_url)
-        self._record(cert, profile.name)
+        self._record(cert, profile.name, supersedes=supersedes, now=now)
         log.info("event=pki_issued ca=%s profile=%s device_id=%s serial=%s not_after=%s",
                  self.path, profile.name, checked.device_id, serial_hex(cert.serial_number),
                  _iso(cert.not_valid_after_utc))
         return cert
 
-    def _record(self, cert: x509.Certificate, profile: str) -> None:
+    def _record(self, cert: x509.Certificate, profile: str, *, supersedes: int | None = None,
+                now: datetime | None = None) -> None:
         with self._changing() as index:
             index.certs.append(IndexEntry(serial_hex(cert.serial_number), name_text(cert.subject), profile,
                                           _iso(cert.not_valid_after_utc)))
+            old = index.find(supersedes) if supersedes is not None else None
+            if old is not None:
+                new, at = serial_hex(cert.serial_number), _iso(now if now is not None else datetime.now(UTC))
+                if old.superseded_by is not None:
+                    # Renewed again with the old one (the device never took up the last
+                    # successor): that successor is superseded now; the old one's grace still
+                    # counts from its first renewal, so retries cannot stretch it.
+                    prev = index.find(int(old.superseded_by, 16))
+                    if prev is not None and prev.superseded_by is None:
+                        prev.superseded_by, prev.superseded_at = new, at
+                else:
+                    old.superseded_at = at
+                old.superseded_by = new
 
     def revoke(self, serial: int, reason: str, *, now: datetime) -> IndexEntry:
         """Mark ``serial`` revoked (a new CRL is needed to publish it). Revoking twice is a no-op."""
@@ -215,6 +243,13 @@ class CaDir:
         """Sign a CRL of every revoked certificate, write it to ``crl.pem``, bump the CRL number."""
         # The CRL file is written under the lock too: two runs at once publish in number order.
         with self._changing() as index:
+            for e in index.certs:
+                if e.revoked_at is None and e.superseded_before(now):
+                    assert e.superseded_at is not None  # superseded_before says so
+                    at = datetime.fromisoformat(e.superseded_at) + SUPERSEDED_GRACE
+                    e.revoked_at, e.reason = _iso(at), "superseded"
+                    log.info("event=pki_revoked ca=%s serial=%s reason=superseded by=%s", self.path, e.serial,
+                             e.superseded_by)
             revoked = [certs.Revocation(int(e.serial, 16), datetime.fromisoformat(e.revoked_at),
                                         REASONS.get(e.reason or "", x509.ReasonFlags.unspecified))
                        for e in index.certs if e.revoked_at is not None]

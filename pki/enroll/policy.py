@@ -117,9 +117,9 @@ def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
 
 
 def _issue(ca: CaDir, csr: x509.CertificateSigningRequest, profile: Profile, now: datetime,
-           days: int | None) -> x509.Certificate:
+           days: int | None, *, supersedes: int | None = None) -> x509.Certificate:
     try:
-        return ca.issue(csr, profile, now=now, days=days, csr_name="request")
+        return ca.issue(csr, profile, now=now, days=days, csr_name="request", supersedes=supersedes)
     except CsrError as exc:  # what check_csr finds beyond the checks made here
         raise EnrolRefused("csr_invalid", exc.problem) from None
 
@@ -225,6 +225,9 @@ def reenroll(open_ca: Callable[[], CaDir], tokens: TokenStore, root: x509.Certif
                 raise EnrolRefused("not_authorized", f"certificate {old_serial} is not in this CA's index")
             if entry.revoked_at is not None:
                 raise EnrolRefused("not_authorized", f"certificate {old_serial} was revoked at {entry.revoked_at}")
+            if entry.superseded_before(now):
+                raise EnrolRefused("not_authorized", f"certificate {old_serial} was renewed at {entry.superseded_at} "
+                                                     f"(by {entry.superseded_by}); only its successor renews now")
             if entry.profile not in RENEWABLE:
                 raise EnrolRefused("not_authorized", f"a {entry.profile} certificate is not renewed over EST")
             profile = end_entity_profile(entry.profile)
@@ -236,7 +239,7 @@ def reenroll(open_ca: Callable[[], CaDir], tokens: TokenStore, root: x509.Certif
             if new_sn is not None and new_sn != old_sn:
                 raise EnrolRefused("csr_subject", f"the request names serial {new_sn!r}, the certificate "
                                                   f"{old_sn!r}")
-            cert = _issue(ca, csr, profile, now, None)
+            cert = _issue(ca, csr, profile, now, None, supersedes=current.serial_number)
     except EnrolRefused as exc:
         log_refusal(exc, device=device, old_serial=old_serial, via="est", op="simplereenroll", peer=peer)
         raise

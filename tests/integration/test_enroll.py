@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import os
 import re
 import ssl
@@ -250,10 +251,12 @@ def test_reenroll_with_the_current_certificate(est: Est) -> None:
     second = est.client().reenroll(new_csr, cert_file, key_file)
     assert second.serial_number != first.serial_number
     assert second.subject == first.subject
-    new_file, _ = save(est.work / "gw-renew-2", second, new_key)
-    for cert in (new_file, cert_file):  # the old one stays valid until it expires
+    new_file, new_key_file = save(est.work / "gw-renew-2", second, new_key)
+    for cert in (new_file, cert_file):  # the old one stays valid for the grace after its renewal
         done = openssl("verify", "-CAfile", est.root, "-untrusted", est.issuing, "-purpose", "sslclient", cert)
         assert done.returncode == 0, done.stdout + done.stderr
+    old = CaDir.open(est.ca_dir).index.find(first.serial_number)
+    assert old is not None and int(old.superseded_by or "0", 16) == second.serial_number
 
     refused(lambda: est.client().reenroll(make_csr("gw-someone")[0], cert_file, key_file), "csr_subject")
     refused(lambda: est.client().reenroll(make_csr("gw-renew", serial="SN-X")[0], cert_file, key_file),
@@ -262,12 +265,35 @@ def test_reenroll_with_the_current_certificate(est: Est) -> None:
     response = raw_post(est, "simplereenroll", base64.encodebytes(new_csr), {"Content-Type": "application/pkcs10"})
     assert response.status == 401
 
-    # Revoked with the CLI while the server runs: the server sees it at once.
+    # Eight days later (the index says the renewal was then): the old certificate no longer renews,
+    # and the next `pki crl` revokes it as superseded, which openssl then sees.
+    index_file = est.ca_dir / "index.json"
+    raw = json.loads(index_file.read_text())
+    for e in raw["certs"]:
+        if int(e["serial"], 16) == first.serial_number:
+            e["superseded_at"] = (datetime.now(UTC) - timedelta(days=8)).isoformat(timespec="seconds")
+    index_file.write_text(json.dumps(raw))
+    err = refused(lambda: est.client().reenroll(make_csr("gw-renew", serial="SN-RENEW")[0], cert_file, key_file),
+                  "not_authorized")
+    assert "was renewed" in err.detail
+    done = subprocess.run([sys.executable, "-m", "pki", "crl", "--ca-dir", str(est.ca_dir), "--passphrase-file",
+                           str(est.passfile)], env=_env(), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    chain = est.work / "chain.pem"
+    chain.write_bytes(est.root.read_bytes() + est.issuing.read_bytes())
+    crl_all = est.work / "crls.pem"
+    crl_all.write_bytes((est.ca_dir / "crl.pem").read_bytes())
+    gone = openssl("verify", "-crl_check", "-CAfile", chain, "-CRLfile", crl_all, cert_file)
+    assert gone.returncode != 0 and "revoked" in gone.stdout + gone.stderr
+    kept = openssl("verify", "-crl_check", "-CAfile", chain, "-CRLfile", crl_all, new_file)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+
+    # Revoked with the CLI while the server runs: the server sees it at once (the successor here).
     done = subprocess.run([sys.executable, "-m", "pki", "revoke", "--ca-dir", str(est.ca_dir), "--cert",
-                           str(cert_file), "--reason", "superseded"], env=_env(), capture_output=True, text=True,
+                           str(new_file), "--reason", "keyCompromise"], env=_env(), capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stderr
-    err = refused(lambda: est.client().reenroll(make_csr("gw-renew")[0], cert_file, key_file), "not_authorized")
+    err = refused(lambda: est.client().reenroll(make_csr("gw-renew")[0], new_file, new_key_file), "not_authorized")
     assert "revoked" in err.detail
 
 

@@ -339,3 +339,45 @@ else:
     crl = x509.load_pem_x509_crl((issuing.path / "crl.pem").read_bytes())
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 10
     assert stat.S_IMODE((issuing.path / "index.lock").stat().st_mode) == 0o600
+
+
+def test_a_renewed_certificate_is_revoked_as_superseded_once_its_grace_ran_out(cas: tuple[CaDir, CaDir]) -> None:
+    _, issuing = cas
+    issuing.unlock(PASS)
+    gw = end_entity_profile("gateway")
+    day = timedelta(days=1)
+    a = issuing.issue(_csr("gw-r"), gw, now=NOW)
+    b = issuing.issue(_csr("gw-r"), gw, now=NOW + day, supersedes=a.serial_number)
+    entry = issuing.index.find(a.serial_number)
+    assert entry is not None and int(entry.superseded_by or "0", 16) == b.serial_number
+    assert not entry.superseded_before(NOW + 7 * day) and entry.superseded_before(NOW + 8 * day)
+    assert len(issuing.make_crl(now=NOW + 2 * day, days=7)) == 0  # within the grace: still good
+    # Renewed again with the old one (the device never installed b): b is superseded by c, and
+    # a's grace still counts from its first renewal.
+    c = issuing.issue(_csr("gw-r"), gw, now=NOW + 3 * day, supersedes=a.serial_number)
+    index = CaDir.open(issuing.path).index
+    ea, eb, ec_ = (index.find(x.serial_number) for x in (a, b, c))
+    assert ea is not None and eb is not None and ec_ is not None
+    assert int(ea.superseded_by or "0", 16) == c.serial_number and ea.superseded_at == (NOW + day).isoformat()
+    assert int(eb.superseded_by or "0", 16) == c.serial_number and eb.superseded_at == (NOW + 3 * day).isoformat()
+    assert ec_.superseded_by is None
+    crl = issuing.make_crl(now=NOW + 8 * day, days=7)
+    assert [r.serial_number for r in crl] == [a.serial_number]
+    gone = crl.get_revoked_certificate_by_serial_number(a.serial_number)
+    assert gone is not None and gone.revocation_date_utc == NOW + 8 * day
+    assert gone.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.superseded
+    crl = issuing.make_crl(now=NOW + 10 * day, days=7)
+    assert {r.serial_number for r in crl} == {a.serial_number, b.serial_number}
+    assert crl.get_revoked_certificate_by_serial_number(c.serial_number) is None
+
+
+def test_an_index_written_before_renewals_were_tracked_still_opens(cas: tuple[CaDir, CaDir]) -> None:
+    _, issuing = cas
+    a = issuing.unlock(PASS).issue(_csr("gw-o"), end_entity_profile("gateway"), now=NOW)
+    path = issuing.path / "index.json"
+    raw = json.loads(path.read_text())
+    for e in raw["certs"]:
+        del e["superseded_by"], e["superseded_at"]
+    path.write_text(json.dumps(raw))
+    entry = CaDir.open(issuing.path).index.find(a.serial_number)
+    assert entry is not None and entry.superseded_by is None and not entry.superseded_before(NOW + timedelta(days=99))
