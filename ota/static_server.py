@@ -2,7 +2,8 @@
 
 Any static server publishes a release repository; this one exists so the lab script and the
 tests need nothing else, and so tests can make it misbehave on purpose (``Faults``): cut a
-response after N bytes, answer an error status, append bytes past the end of a file. The
+response after N bytes, answer an error status, append bytes past the end of a file, trickle
+a body a few bytes at a time (slow loris). The
 faults are off unless a test sets them; the request counters are always kept.
 """
 
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +35,7 @@ class Faults:
         self._cut: dict[str, list[int | None]] = {}
         self._status: dict[str, int] = {}
         self._extra: dict[str, bytes] = {}
+        self._trickle: dict[str, tuple[int, float]] = {}
         self._requests: collections.Counter[str] = collections.Counter()
         self._sent: collections.Counter[str] = collections.Counter()
         self._ranges: dict[str, list[str]] = collections.defaultdict(list)
@@ -52,12 +55,18 @@ class Faults:
         with self._lock:
             self._extra[path] = data
 
+    def trickle(self, path: str, step: int, pause: float) -> None:
+        """Send the body of ``path`` ``step`` bytes at a time, ``pause`` seconds apart."""
+        with self._lock:
+            self._trickle[path] = (step, pause)
+
     def clear(self) -> None:
         """Switch every fault off (counters are kept)."""
         with self._lock:
             self._cut.clear()
             self._status.clear()
             self._extra.clear()
+            self._trickle.clear()
 
     def count(self, path: str) -> int:
         """Requests seen for ``path``."""
@@ -76,7 +85,8 @@ class Faults:
 
     # --- used by the handler --------------------------------------------------------------
 
-    def _on_request(self, path: str, range_header: str | None) -> tuple[int | None, bytes, int | None]:
+    def _on_request(self, path: str, range_header: str | None
+                    ) -> tuple[int | None, bytes, int | None, tuple[int, float] | None]:
         with self._lock:
             self._requests[path] += 1
             if range_header is not None:
@@ -91,7 +101,7 @@ class Faults:
                         del self._cut[path]
                     else:
                         cut[1] = times - 1
-            return self._status.get(path), self._extra.get(path, b""), cut_after
+            return self._status.get(path), self._extra.get(path, b""), cut_after, self._trickle.get(path)
 
     def _on_sent(self, path: str, n: int) -> None:
         with self._lock:
@@ -114,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, *, body: bool) -> None:
         url_path = unquote(urlsplit(self.path).path)
         range_header = self.headers.get("Range")
-        status, extra, cut_after = self.server.faults._on_request(url_path, range_header)
+        status, extra, cut_after, trickle = self.server.faults._on_request(url_path, range_header)
         if status is not None:
             self._simple(status)
             return
@@ -155,8 +165,17 @@ class _Handler(BaseHTTPRequestHandler):
             payload = payload[:cut_after]
             self.close_connection = True
         with contextlib.suppress(ConnectionError):
-            self.wfile.write(payload)
-            self.wfile.flush()
+            if trickle is None:
+                self.wfile.write(payload)
+                self.wfile.flush()
+            else:
+                step, pause = trickle
+                for i in range(0, len(payload), step):
+                    self.wfile.write(payload[i:i + step])
+                    self.wfile.flush()
+                    self.server.faults._on_sent(url_path, len(payload[i:i + step]))
+                    time.sleep(pause)
+                payload = b""  # counted piece by piece above
         self.server.faults._on_sent(url_path, len(payload))
 
     def _simple(self, status: int) -> None:

@@ -14,6 +14,10 @@ restarting 100 MB from zero after every cut. So:
   resuming is restricted to URLs under the targets base URL. TUF verifies the hash of the whole
   file afterwards; on a mismatch the partial file is deleted;
 * 4xx other than 408/429 is terminal (a missing file does not appear by asking again);
+* a response that averages less than ``min_rate`` bytes/s once ``slow_after`` seconds have
+  passed is dropped and counts as a failed request even though it brought bytes (they are kept
+  for the resume): a mirror that trickles a byte just inside every read timeout (slow loris)
+  would otherwise hold the update forever;
 * the limit TUF passes (the declared length, or the metadata size cap) is enforced while
   reading: a declared Content-Length beyond it fails before the body is read, and the body is
   read at most one byte past it (the endless-data attack).
@@ -56,6 +60,9 @@ class FetchSettings:
     user_agent: str = "urbanedge-agent"
     # Requests that made progress do not count against ``attempts``; this caps them anyway.
     max_requests: int = 64
+    # Below this average (bytes/s) after ``slow_after`` s a response is given up (and counted).
+    min_rate: float = 256.0
+    slow_after: float = 60.0
 
 
 class _Retry(Exception):
@@ -64,6 +71,10 @@ class _Retry(Exception):
     def __init__(self, detail: str, status: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class _TooSlow(_Retry):
+    """A response below ``min_rate``: retried, but counted as a failure whatever it brought."""
 
 
 class ResumingFetcher(FetcherInterface):
@@ -151,7 +162,7 @@ class ResumingFetcher(FetcherInterface):
                     os.fsync(f.fileno())
                 f.seek(0, os.SEEK_END)
                 progressed = resume and f.tell() > offset
-                if not progressed:
+                if not progressed or isinstance(e, _TooSlow):
                     failures += 1
                 log.warning("event=download_retry url=%s attempt=%d failures=%d offset=%d error=%s",
                             url, requests, failures, f.tell(), _describe(e))
@@ -209,9 +220,11 @@ class ResumingFetcher(FetcherInterface):
                     f"{url}: server declares {offset + int(declared)} bytes, more than the allowed {max_length}")
             f.seek(offset)
             written = offset
+            started = time.monotonic()
             while True:
-                # One byte past the limit is enough to know the server sends too much.
-                chunk = resp.read(min(s.chunk_size, max_length - written + 1))
+                # One byte past the limit is enough to know the server sends too much. read1:
+                # what has arrived, so the rate is checked as bytes trickle in.
+                chunk = resp.read1(min(s.chunk_size, max_length - written + 1))
                 if not chunk:
                     break
                 if written + len(chunk) > max_length:
@@ -219,6 +232,10 @@ class ResumingFetcher(FetcherInterface):
                         f"{url}: more than the allowed {max_length} bytes")
                 f.write(chunk)
                 written += len(chunk)
+                elapsed = time.monotonic() - started
+                if elapsed >= s.slow_after and (written - offset) / elapsed < s.min_rate:
+                    raise _TooSlow(f"{(written - offset) / elapsed:.0f} B/s over {elapsed:.0f} s, "
+                                   f"below {s.min_rate:g} B/s")
             f.flush()
             if declared is not None and declared.isdigit() and written != offset + int(declared):
                 raise _Retry(f"connection closed after {written - offset} of {declared} bytes")
@@ -234,6 +251,6 @@ def _give_up(url: str, requests: int, e: BaseException) -> exceptions.DownloadEr
     msg = f"{url}: giving up after {requests} requests: {e}"
     if isinstance(e, _Retry) and e.status is not None:
         return exceptions.DownloadHTTPError(msg, e.status)
-    if isinstance(e, TimeoutError):
+    if isinstance(e, TimeoutError | _TooSlow):
         return exceptions.SlowRetrievalError(msg)
     return exceptions.DownloadError(msg)

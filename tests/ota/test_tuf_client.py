@@ -201,6 +201,29 @@ def test_cut_download_resumes_with_range(tuf_repo: Repo, tuf_server: StaticServe
     assert tuf_server.faults.sent(url) < 2 * info.length
 
 
+def test_a_trickling_mirror_is_given_up_and_what_it_sent_is_resumed(tuf_repo: Repo, tuf_server: StaticServer,
+                                                                      tmp_path: Path) -> None:
+    """Slow loris: 200 bytes every 0.1 s, each within the read timeout, is 2 kB/s; below the
+    10 kB/s asked for here, each response is dropped after 0.5 s and counted, so the download
+    gives up after ``attempts`` such requests instead of holding the update forever."""
+    slow = dataclasses.replace(FAST, min_rate=10_000, slow_after=0.5)
+    c = client(tuf_repo, tuf_server.url, tmp_path / "gw", slow)
+    info = c.release(GW)
+    url = target_url_path(tuf_repo, GW)
+    tuf_server.faults.trickle(url, step=200, pause=0.1)
+    with pytest.raises(UpdateUnavailable) as e:
+        c.download(info)
+    assert "B/s" in str(e.value)
+    assert tuf_server.faults.count(url) == slow.attempts  # each trickle counted, though it brought bytes
+    partial = next((tmp_path / "gw" / "downloads" / "partial").iterdir())
+    kept = partial.stat().st_size
+    assert 0 < kept < info.length
+    # The mirror is fixed: the download goes on from what the trickle brought.
+    tuf_server.faults.clear()
+    assert c.download(info).read_bytes() == target_file(tuf_repo, GW).read_bytes()
+    assert tuf_server.faults.ranges(url)[-1] == f"bytes={kept}-"
+
+
 def test_restart_resumes_from_the_persisted_partial(tuf_repo: Repo, tuf_server: StaticServer,
                                                     tmp_path: Path) -> None:
     url = target_url_path(tuf_repo, GW)
