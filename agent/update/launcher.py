@@ -111,6 +111,11 @@ def supervise(store: SlotStore, config: Path, max_tries: int) -> int:
         d = boot(store, max_tries)
         started = time.monotonic()
         child = subprocess.Popen(agent_command(config), env=agent_env(store, d))
+        if stopping:
+            # The stop came while this agent was being started (right after an update's exit
+            # 75, say): the handler saw the old one. Without this the new agent would run on,
+            # orphaned once whoever stopped us gives up and kills us.
+            child.send_signal(signal.SIGTERM)
         code = child.wait()
         log.info("event=agent_exited code=%d slot=%s", code, d.run)
         if stopping:
