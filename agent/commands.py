@@ -108,8 +108,12 @@ async def _run_until_signal(agent: Any) -> int:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    from agent import aio
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        # Firmly: Python 3.11 can swallow a cancellation on the way (agent/aio.py), which left
+        # an agent running after SIGTERM.
+        loop.add_signal_handler(sig, aio.cancel_firmly, task)
     try:
         await agent.run()
     except asyncio.CancelledError:

@@ -325,7 +325,9 @@ async def _run_all(args: argparse.Namespace, agent: Any, sims: dict[str, Any], r
                     await asyncio.wait_for(stop.wait(), args.duration)
             else:
                 await stop.wait()
-            agent_task.cancel()
+            from agent import aio
+
+            aio.cancel_firmly(agent_task)  # a stop lost on the way is repeated (agent/aio.py)
             await _bounded(args, "the agent's shutdown", agent_task)
             await asyncio.sleep(0.5)  # let the last acknowledged messages reach the receiver
             consumer_stop.set()

@@ -26,6 +26,7 @@ from typing import Any
 
 from cryptography import x509
 
+from agent import aio
 from agent.buffer.outbox_types import AppendResult
 from agent.buffer.records import NewRecord
 from agent.config import LoadedConfig
@@ -219,7 +220,7 @@ class CommandRunner:
             await self._refresh_crls()
             while True:
                 try:
-                    data = await asyncio.wait_for(queue.get(), CRL_RECHECK)
+                    data = await aio.wait_for(queue.get(), CRL_RECHECK)
                 except TimeoutError:
                     await self._refresh_crls()  # a bad CRL is reported when it appears, not at the next command
                     continue

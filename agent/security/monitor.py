@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from cryptography import x509
 
+from agent import aio
 from agent.buffer.records import NewRecord
 from agent.ops.metrics import counters
 from agent.security.events import RateLimit, certificate_expiry, security_event
@@ -88,7 +89,7 @@ class SecurityMonitor:
                 self.check_certificate(cert_der)
                 next_check = time.monotonic() + self.cert_check_every
             try:
-                rec = await asyncio.wait_for(self._queue.get(), timeout=max(0.0, next_check - time.monotonic()))
+                rec = await aio.wait_for(self._queue.get(), max(0.0, next_check - time.monotonic()))
             except TimeoutError:
                 continue
             batch = [rec]

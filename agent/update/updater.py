@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import aio
 from agent.restart import RestartRequested
 from agent.update.bootstate import BootState, abandon, begin_trial, commit, inactive, status, without_pending
 from agent.update.health import HealthSample, evaluate
@@ -123,7 +124,7 @@ class Updater:
         delay = FIRST_CHECK_DELAY
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._check_now.wait(), timeout=delay)
+                await aio.wait_for(self._check_now.wait(), delay)
             self._check_now.clear()
             gap = time.monotonic() - self._last_check
             min_gap = min(MIN_CHECK_GAP, self.s.check_interval)

@@ -23,6 +23,7 @@ import aiomqtt
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 import urbanedge
+from agent import aio
 from agent.buffer.records import Priority, StoredRecord
 from agent.buffer.store import OutboxError
 from agent.seal.encode import BatchSealer, PayloadError
@@ -118,13 +119,9 @@ def _dump(obj: dict[str, Any]) -> bytes:
 
 async def _wait_event(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
-    # Python 3.11's wait_for swallows a cancellation that races with the event being set
-    # (fixed in 3.12): an agent stopping right after an append (a restart or config switch
-    # after its command result) would otherwise pump on into a TaskGroup that is shutting down.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+        # An agent stopping right after an append (a restart or config switch after its
+        # command result) would otherwise pump on into a TaskGroup that is shutting down.
+        await aio.wait_for(event.wait(), seconds)
 
 
 def _reason(exc: BaseException) -> str:
