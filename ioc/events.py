@@ -92,10 +92,7 @@ def cmd_events(args: argparse.Namespace) -> int:
         print(f"error: no {'/'.join(args.event) or 'event'} with {args.wait_for} within {args.timeout:g} s",
               file=sys.stderr)
         return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
+    except (ValueError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

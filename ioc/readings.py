@@ -110,9 +110,6 @@ def cmd_readings(args: argparse.Namespace) -> int:
                 return 0
         print(f"error: no reading with {args.wait_for} within {args.timeout:g} s", file=sys.stderr)
         return 1
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
+    except (ValueError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

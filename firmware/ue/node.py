@@ -327,16 +327,13 @@ class Node:
             except Exception as e:  # a full flash must not stop the uplink
                 self.log("event=security_event_failed reason=%s" % _q(repr(e)))
 
-    def security(self, category, reason, detail, **extra):
+    def security(self, category, reason, detail):
         # A security event (EVENT priority, "security" channel); once per SECURITY_REPEAT_MS
         # per category and reason, so a broker refusing every reconnect is one report an hour.
         if not self._security_limit.allow(category + ":" + reason, time.ticks_ms()):
             return
         self.log("event=security_event category=%s reason=%s" % (category, reason))
-        body = {"event": "security", "category": category, "reason": reason, "detail": detail[:300]}
-        for k in extra:
-            body[k] = extra[k]
-        self._event(body)
+        self._event({"event": "security", "category": category, "reason": reason, "detail": detail[:300]})
 
     # -- recording -----------------------------------------------------------------------
 

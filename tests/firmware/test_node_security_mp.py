@@ -60,7 +60,7 @@ class Fake:
 
 
 f = Fake()
-f.security = lambda *a, **k: node.Node.security(f, *a, **k)
+f.security = lambda *a: node.Node.security(f, *a)
 check = node.Node._check_connect_failures
 check(f)  # no failure yet
 f.client.connect_failures, f.client.last_error = 1, "connect refused: ECONNREFUSED"
